@@ -139,7 +139,7 @@ def _keras_row(stage, model, accuracy, path, train_seconds):
         stage=stage,
         accuracy=accuracy,
         parameters=cost.parameters,
-        non_zeros=cost.non_zeros,
+        non_zeros=cost.nonzero_parameters,
         flops=cost.flops,
         file=os.path.basename(path),
         file_bytes=os.path.getsize(path),
