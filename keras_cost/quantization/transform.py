@@ -1,0 +1,246 @@
+"""`quantize_model`: a copy of a model with every supported layer wrapped for QAT."""
+
+import warnings
+
+import keras
+
+from keras_cost.quantization import kernel_ops
+from keras_cost.quantization.activation import ActivationQuantizer, QuantizedConcatenate
+from keras_cost.quantization.wrapper import QuantizeWrapper
+
+# Layers that only move, select or drop values. The TFLite converter gives
+# their int8 outputs the input's scale and zero point, so they need no range.
+_PASSTHROUGH_TYPES = (
+    keras.layers.InputLayer,
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.Permute,
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D,
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D,
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.ZeroPadding1D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.Cropping1D,
+    keras.layers.Cropping2D,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.Identity,
+)
+_CONSTRAINT_ATTRIBUTES = ("kernel_constraint", "depthwise_constraint", "bias_constraint")
+
+
+def quantize_model(model, num_bits=8, per_channel=False, ema_decay=0.99):
+    """Return a copy of `model` with every supported layer in a `QuantizeWrapper`.
+
+    Supported layers are Dense, Conv1D, Conv2D and DepthwiseConv2D.
+
+    The copy has new variables holding the same values, so training it leaves
+    `model` unchanged. Each copied layer keeps the original layer's kernel and
+    bias constraint objects, so a pruning mask stored as a constraint stays
+    applied during quantization-aware training. Nested Sequential and
+    functional models are handled at any depth. Layers already in a
+    `QuantizeWrapper` are copied with their learned ranges.
+
+    Pooling, Flatten, Reshape, Dropout, padding and cropping layers stay as
+    they are: their int8 outputs share the input's scale. Each Concatenate
+    becomes a `QuantizedConcatenate` named `quant_<name>`, because int8
+    concatenation needs one scale for all inputs and the output. Wrapped
+    layers that feed it get `quantize_output=False`, so only the shared
+    range applies. Every other layer that is not wrapped
+    (BatchNormalization, Add, Activation, ...) stays in float during
+    training, and `export_tflite(..., quantize="int8")` calibrates its ranges
+    on `representative_data`. Those layers are named in one `UserWarning`.
+
+    Args:
+        model: A Keras 3 Sequential or functional model.
+        num_bits: Bit width passed to every new `QuantizeWrapper`. Defaults
+            to `8`.
+        per_channel: Whether Conv2D kernels get one range per output
+            channel. Dense, Conv1D and DepthwiseConv2D kernels always use one
+            range: the TFLite converter of TF 2.21 rejected per-channel
+            Dense and Conv1D kernels, and a depthwise kernel spreads its
+            output channels over two axes. Defaults to `False`.
+        ema_decay: Moving-average decay of the output ranges. Defaults to
+            `0.99`.
+
+    Returns:
+        A new model of the same kind (Sequential or functional).
+
+    Raises:
+        TypeError: If `model` is not a Keras 3 model.
+        ValueError: If the model or a nested model is subclassed, or if it
+            contains no supported layer.
+
+    Example:
+
+    >>> import keras
+    >>> from keras_cost.quantization import quantize_model
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> qat_model = quantize_model(model)
+    >>> [type(layer).__name__ for layer in qat_model.layers]
+    ['QuantizeWrapper']
+    """
+    _check_model(model)
+    # Validation happens here so that a bad value fails before any cloning.
+    QuantizeWrapper(
+        keras.layers.Dense(1), num_bits=num_bits, per_channel=False, ema_decay=ema_decay
+    )
+    if not isinstance(per_channel, bool):
+        raise ValueError(
+            f"`per_channel` must be True or False. Received: per_channel={per_channel!r}"
+        )
+
+    settings = {"num_bits": num_bits, "per_channel": per_channel, "ema_decay": ema_decay}
+    report = {"wrapped": [], "float": []}
+    quantized = _clone(model, settings, report)
+
+    if not report["wrapped"]:
+        supported = ", ".join(kernel_ops.supported_layer_names())
+        raise ValueError(
+            f"Model '{model.name}' has no layer that quantize_model can wrap "
+            f"(supported: {supported}), so quantization-aware training would change nothing."
+        )
+    if report["float"]:
+        warnings.warn(
+            f"quantize_model left these layers in float during training: "
+            f"{', '.join(report['float'])}. export_tflite(..., quantize='int8') "
+            "calibrates their int8 ranges on representative_data.",
+            stacklevel=2,
+        )
+    return quantized
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model):
+        module = type(model).__module__
+        if module.startswith(("tf_keras", "keras.src.engine", "tensorflow.python.keras")):
+            raise TypeError(
+                f"quantize_model received a Keras 2 (tf_keras) object of type "
+                f"{type(model).__name__}. keras-cost needs a Keras 3 model: build it with "
+                "`import keras` (Keras 3), not `tf_keras` or `tf.keras` under "
+                "TF_USE_LEGACY_KERAS=1."
+            )
+        raise TypeError(
+            f"quantize_model needs a Keras 3 Sequential or functional model. "
+            f"Received: model of type {type(model).__name__}"
+        )
+    if not _is_graph_model(model):
+        raise ValueError(
+            f"quantize_model cannot copy the subclassed model '{model.name}' "
+            f"({type(model).__name__}), because its call() is Python code. Wrap its "
+            "Dense and convolution layers in keras_cost.quantization.QuantizeWrapper inside "
+            "the model's __init__ instead, or rebuild it as a functional model."
+        )
+    if not model.built or not model.inputs:
+        raise ValueError(
+            f"Model '{model.name}' has no known inputs. Start a Sequential model with "
+            "keras.Input(shape) or call it on data once before quantize_model."
+        )
+
+
+def _is_graph_model(model):
+    # keras.Model(inputs, outputs) returns an instance of the Functional
+    # class, which Keras does not export under a public name.
+    return any(cls.__name__ in ("Functional", "Sequential") for cls in type(model).__mro__)
+
+
+def _clone(model, settings, report):
+    pairs = []
+    concatenated = _concatenate_producers(model)
+
+    def clone_layer(layer):
+        new_layer = _clone_layer(layer, settings, report, layer.name in concatenated)
+        pairs.append((layer, new_layer))
+        return new_layer
+
+    clone = keras.models.clone_model(model, clone_function=clone_layer)
+    for layer, new_layer in pairs:
+        if isinstance(new_layer, keras.Model) or not layer.weights:
+            # A nested clone already contains copied weights, and a layer
+            # without weights (such as a replaced Concatenate) has none.
+            continue
+        target = new_layer.layer if _is_new_wrapper(layer, new_layer) else new_layer
+        target.set_weights(layer.get_weights())
+    return clone
+
+
+def _concatenate_producers(model):
+    """Return the names of the layers whose output feeds a Concatenate."""
+    concatenated = []
+    for layer in model.layers:
+        if type(layer) is keras.layers.Concatenate:
+            concatenated.extend(_node_tensors(layer, "input"))
+    names = set()
+    for layer in model.layers:
+        outputs = _node_tensors(layer, "output")
+        if any(output is tensor for output in outputs for tensor in concatenated):
+            names.add(layer.name)
+    return names
+
+
+def _node_tensors(layer, attribute):
+    # `layer.input` and `layer.output` raise for a layer called more than
+    # once; such a shared layer is not matched.
+    try:
+        tensors = getattr(layer, attribute)
+    except (AttributeError, ValueError):
+        return []
+    return tensors if isinstance(tensors, (list, tuple)) else [tensors]
+
+
+def _clone_layer(layer, settings, report, feeds_concatenate):
+    if isinstance(layer, keras.Model):
+        _check_model(layer)
+        return _clone(layer, settings, report)
+
+    copy = type(layer).from_config(layer.get_config())
+    _share_constraints(layer, copy)
+
+    if type(layer) is keras.layers.Concatenate:
+        # An int8 concatenation has one scale for all inputs and the output.
+        return QuantizedConcatenate(
+            axis=layer.axis,
+            num_bits=settings["num_bits"],
+            ema_decay=settings["ema_decay"],
+            name=f"quant_{layer.name}",
+        )
+    kernel_op = kernel_ops.get(layer)
+    if kernel_op is not None:
+        report["wrapped"].append(layer.name)
+        per_channel = settings["per_channel"] and kernel_op.supports_per_channel
+        # A Concatenate input takes the shared range of the
+        # QuantizedConcatenate; a range of its own would conflict with it.
+        return QuantizeWrapper(
+            copy,
+            **{**settings, "per_channel": per_channel},
+            quantize_output=not feeds_concatenate,
+        )
+    if isinstance(layer, QuantizeWrapper):
+        report["wrapped"].append(layer.name)
+    elif not isinstance(layer, _PASSTHROUGH_TYPES + (ActivationQuantizer, QuantizedConcatenate)):
+        report["float"].append(layer.name)
+    return copy
+
+
+def _share_constraints(layer, copy):
+    if isinstance(layer, QuantizeWrapper):
+        layer, copy = layer.layer, copy.layer
+    for attribute in _CONSTRAINT_ATTRIBUTES:
+        if hasattr(layer, attribute):
+            # The same object, not a copy from config, so that a mask held by
+            # the constraint keeps applying to the copied kernel.
+            setattr(copy, attribute, getattr(layer, attribute))
+
+
+def _is_new_wrapper(layer, new_layer):
+    return isinstance(new_layer, QuantizeWrapper) and not isinstance(layer, QuantizeWrapper)
