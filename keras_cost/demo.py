@@ -81,7 +81,7 @@ class StageResult:
 
 
 def build_teacher():
-    """Build the float CNN teacher (about 100,000 parameters)."""
+    """Build the float CNN teacher (about 283,000 parameters)."""
     import keras
 
     return keras.Sequential(
@@ -91,7 +91,7 @@ def build_teacher():
             keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
             keras.layers.MaxPooling2D(2),
             keras.layers.Flatten(),
-            keras.layers.Dense(96, activation="relu"),
+            keras.layers.Dense(256, activation="relu"),
             keras.layers.Dropout(0.3),
             keras.layers.Dense(10, name="logits"),
         ],
@@ -100,16 +100,23 @@ def build_teacher():
 
 
 def build_student():
-    """Build the student CNN, about a tenth of the teacher's parameters."""
+    """Build the student CNN (about 38,000 parameters, 7 times fewer than the teacher).
+
+    The student keeps a Dense hidden layer because an int8 `.tflite` file
+    carries about 5 KB of fixed overhead: with fewer than about 20,000
+    weights that overhead alone keeps the int8 file above 0.3 times the
+    float32 file.
+    """
     import keras
 
     return keras.Sequential(
         [
             keras.Input((8, 8, 1), name="image"),
             keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(2),
             keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(2),
             keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
             keras.layers.Dense(10, name="logits"),
         ],
         name="student",
