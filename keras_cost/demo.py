@@ -19,7 +19,7 @@ import zlib
 
 import numpy as np
 
-# Stage lengths tuned so that the whole demo finishes in about two minutes on
+# Stage lengths tuned so that the whole demo finishes in about one minute on
 # 2 CPU cores (measured with the command in benchmarks/RESULTS.md).
 DEFAULT_EPOCHS = {"teacher": 12, "distill": 20, "prune": 10, "qat": 4}
 BATCH_SIZE = 32
@@ -156,7 +156,7 @@ def _keras_row(stage, model, accuracy, path, train_seconds):
 
 
 def _tflite_row(stage, source_row, accuracy, path, train_seconds):
-    # A .tflite file holds the same weights as the Keras model it came from,
+    # A .tflite file contains the same weights as the Keras model it came from,
     # so parameters, non-zeros and FLOPs are the source model's.
     return StageResult(
         stage=stage,
