@@ -72,3 +72,12 @@ def test_demo_meets_its_targets(tmp_path):
     assert int8_tflite["non_zeros"] <= 0.3 * int8_tflite["parameters"]
     # Leftover temporary files would mean an atomic write was not finished.
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_demo_rejects_file_as_out(tmp_path):
+    existing_file = tmp_path / "report.txt"
+    existing_file.write_text("keep me")
+    result = run_command("demo", "--out", str(existing_file))
+    assert result.returncode == 2
+    assert "is an existing file, not a folder" in result.stderr
+    assert existing_file.read_text() == "keep me"

@@ -150,7 +150,7 @@ print(f"PTQ int8 .tflite: test accuracy {tflite_accuracy(ptq_path):.3f}")
 # `Flatten`, because the batch size is dynamic.
 #
 # In the full run quoted below, post-training int8 lost no accuracy on
-# this small network. Larger models with wide activation ranges lose
+# this small network. Models with wide activation ranges lose
 # more, and that is where QAT helps.
 
 # %% [markdown]
@@ -237,7 +237,7 @@ print("saved", plot_path)
 # ## What to take away
 #
 # - Start with post-training int8: it is one call and often good enough.
-# - Use QAT when PTQ loses too much accuracy, typically for small models
+# - Use QAT when PTQ loses too much accuracy, typically for models
 #   with wide activation ranges, or below 8 bits (`quantize_model(model,
 #   num_bits=4)`).
 # - Prune first and quantize second: the pruning masks are kernel
