@@ -49,7 +49,8 @@ def compare(reports):
 
     Example:
 
-    >>> from keras_cost.cost import ModelCost, compare
+    >>> from keras_cost.cost.compare import compare
+    >>> from keras_cost.cost.report import ModelCost
     >>> table, rows = compare([ModelCost("a", "keras", parameters=10)])
     >>> rows[0]["parameters"]
     10
@@ -132,6 +133,21 @@ def plot_tradeoff(reports, path, accuracies):
         ValueError: If `reports` is empty, if the number of accuracies does
             not match, or if an accuracy is not a finite number.
         TypeError: If an element of `reports` is not a `ModelCost`.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> from keras_cost.cost.compare import plot_tradeoff
+    >>> from keras_cost.cost.report import ModelCost
+    >>> reports = [
+    ...     ModelCost("dense", "keras", flops=2000, zipped_bytes=4096),
+    ...     ModelCost("int8.tflite", "tflite", zipped_bytes=1024),
+    ... ]
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = plot_tradeoff(reports, os.path.join(folder, "tradeoff.png"),
+    ...                          [0.95, 0.94])
+    ...     os.path.getsize(path) > 0
+    True
     """
     reports = _validate_reports(reports)
     accuracies = _validate_accuracies(accuracies, len(reports))

@@ -41,6 +41,17 @@ class ModelCost:
             the file for a `.tflite` model.
         file_bytes: Size of the `.tflite` file.
         latency_seconds: Median LiteRT `invoke` time per example.
+
+    Example:
+
+    >>> from keras_cost.cost import ModelCost
+    >>> report = ModelCost("tiny", "keras", parameters=8, nonzero_parameters=6)
+    >>> report.sparsity
+    0.25
+    >>> report.to_dict()["flops"] is None
+    True
+    >>> print(report.to_markdown().splitlines()[4])
+    | parameters | 8 |
     """
 
     name: str
@@ -154,6 +165,19 @@ def measure_tflite_latency(model_content, runs=20, num_threads=1):
 
     Raises:
         ValueError: If `runs` or `num_threads` is not a positive integer.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> from keras_cost.cost import measure_tflite_latency
+    >>> @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+    ... def double(x):
+    ...     return 2.0 * x
+    >>> converter = tf.lite.TFLiteConverter.from_concrete_functions(
+    ...     [double.get_concrete_function()])
+    >>> latency = measure_tflite_latency(converter.convert(), runs=3)
+    >>> latency > 0.0
+    True
     """
     if not isinstance(runs, int) or runs < 1:
         raise ValueError(f"runs must be a positive integer. Received: runs={runs!r}")

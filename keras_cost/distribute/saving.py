@@ -30,14 +30,13 @@ def chief_only_path(filepath, strategy=None):
 
     Example:
 
-    >>> import keras
+    >>> import keras, os, tempfile
     >>> from keras_cost.distribute import chief_only_path
     >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    >>> import tempfile, os
-    >>> folder = tempfile.mkdtemp()
-    >>> with chief_only_path(os.path.join(folder, "m.weights.h5")) as path:
-    ...     model.save_weights(path)
-    >>> os.listdir(folder)  # one process is its own chief
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     with chief_only_path(os.path.join(folder, "m.weights.h5")) as path:
+    ...         model.save_weights(path)
+    ...     os.listdir(folder)  # one process is its own chief
     ['m.weights.h5']
     """
     filepath = os.fspath(filepath)

@@ -40,6 +40,9 @@ def install_lbfgs_step(model):
     Args:
         model: A compiled `keras.Model` whose optimizer is an `LBFGS`.
 
+    Returns:
+        None. The model is changed in place.
+
     Raises:
         TypeError: if `model` is not a Keras 3 model.
         ValueError: if the model is not compiled with `LBFGS`.

@@ -40,6 +40,10 @@ def register_prunable_layer(layer_class, kernels):
             (so the mask is saved with the layer config), e.g.
             `{"embeddings": "embeddings_constraint"}`.
 
+    Returns:
+        None. The registration is global and lasts until the process ends,
+        and a later call for the same `layer_class` replaces its `kernels`.
+
     Raises:
         TypeError: If `layer_class` is not a Keras 3 layer class or `kernels`
             is not a non-empty dict of strings.

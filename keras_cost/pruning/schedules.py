@@ -38,9 +38,31 @@ def _check_step(name, value, minimum=0):
 class PruningSchedule:
     """Base class of the keras-cost pruning schedules.
 
-    Subclasses implement `sparsity_at(step)` and `_fires(step)`. The base
-    class adds the TFMOT call signature and the look-ups that `PruneCallback`
-    uses to check, before training, that the target can be reached.
+    Subclasses implement `sparsity_at(step)` and `_fires(step)`, which the
+    base class combines into the TFMOT call signature. They may also
+    override the `target_sparsity_value` property and define
+    `last_pruning_step(first, last)`, which `PruneCallback` reads to check,
+    before training, that the target can be reached. Without them the
+    callback treats the schedule like any TFMOT-style callable and calls it
+    once per planned step for that check. `from_config` passes the dict of
+    `get_config` to the constructor.
+
+    Example:
+
+    >>> class EveryTenSteps(PruningSchedule):
+    ...     target_sparsity_value = 0.5
+    ...     def _fires(self, step):
+    ...         return step % 10 == 0
+    ...     def sparsity_at(self, step):
+    ...         return min(0.5, step / 100)
+    ...     def last_pruning_step(self, first, last):
+    ...         step = last - last % 10
+    ...         return step if step >= first else None
+    >>> schedule = EveryTenSteps()
+    >>> schedule(20), schedule(25)
+    ((True, 0.2), (False, 0.25))
+    >>> schedule.last_pruning_step(0, 37)
+    30
     """
 
     def __call__(self, step):
@@ -50,12 +72,8 @@ class PruningSchedule:
 
     @property
     def target_sparsity_value(self):
-        """The sparsity this schedule ends at."""
-        raise NotImplementedError
-
-    def last_pruning_step(self, first, last):
-        """Return the last step in `[first, last]` that prunes, or None."""
-        raise NotImplementedError
+        """The sparsity this schedule ends at, or None when a subclass does not say."""
+        return None
 
     def _fires(self, step):
         raise NotImplementedError

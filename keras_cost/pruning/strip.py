@@ -25,6 +25,18 @@ class SparsityReport:
             `"dense_1/kernel"` or `"encoder/conv2d/kernel"`.
         zeros: Number of weights equal to 0.0, all kernels together.
         size: Number of weights, all kernels together.
+
+    Example:
+
+    >>> model = keras.Sequential(
+    ...     [keras.Input((2,)), keras.layers.Dense(3, name="hidden"),
+    ...      keras.layers.Dense(1, name="output")])
+    >>> _ = model.get_layer("hidden").kernel.assign(np.zeros((2, 3)))
+    >>> report = sparsity(model)
+    >>> report.zeros, report.size
+    (6, 9)
+    >>> report.kernels["hidden/kernel"], report.kernels["output/kernel"]
+    (1.0, 0.0)
     """
 
     overall: float

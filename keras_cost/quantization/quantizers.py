@@ -12,7 +12,26 @@ from keras_cost.quantization.fake_quant import MIN_RANGE
 
 
 class Quantizer:
-    """Base class: `quantize`, `dequantize` and a straight-through `__call__`."""
+    """Base class: `quantize`, `dequantize` and a straight-through `__call__`.
+
+    Subclasses implement `quantize`, `dequantize` and `get_config`. The
+    base class adds `__call__`, which returns `x + stop_gradient(Q(x) - x)`:
+    the forward pass computes with the dequantized values and the gradient with
+    respect to `x` is the identity.
+
+    Example:
+
+    >>> import numpy as np
+    >>> quantizer = LinearQuantizer(num_bits=2)
+    >>> isinstance(quantizer, Quantizer)
+    True
+    >>> x = np.array([0.0, 1.2, 3.0], "float32")
+    >>> codes, params = quantizer.quantize(x)
+    >>> [int(c) for c in codes]
+    [0, 1, 3]
+    >>> [float(v) for v in quantizer(x)]
+    [0.0, 1.0, 3.0]
+    """
 
     def quantize(self, x):
         """Return `(codes, params)`: integer codes as float32 and the dict to decode them."""

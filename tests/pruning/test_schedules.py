@@ -138,3 +138,27 @@ def test_get_accepts_config():
 def test_get_rejects_number():
     with pytest.raises(TypeError, match="schedule=0.5"):
         schedules.get(0.5)
+
+
+def test_minimal_subclass_prunes_in_fit():
+    import keras
+    import numpy as np
+
+    from keras_cost.callbacks.prune import PruneCallback
+    from keras_cost.pruning import PruningSchedule
+    from keras_cost.pruning import sparsity
+
+    class HalfAtEveryStep(PruningSchedule):
+        def _fires(self, step):
+            return True
+
+        def sparsity_at(self, step):
+            return 0.5
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.ones((8, 4), "float32")
+    y = np.ones((8, 8), "float32")
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[PruneCallback(HalfAtEveryStep())])
+
+    assert sparsity(model).overall == 0.5
