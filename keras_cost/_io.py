@@ -30,6 +30,8 @@ def atomic_write_bytes(path, data):
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
         os.chmod(temp_path, _default_file_mode())
         os.replace(temp_path, path)
     except BaseException:

@@ -308,7 +308,7 @@ def run_demo(config):
         f"{(int8_row.accuracy - float_student.accuracy) * 100:+.1f} points against the float distilled student "
         f"and {(int8_row.accuracy - float_tflite.accuracy) * 100:+.1f} against the pruned float .tflite; "
         f"file {int8_row.file_bytes / float_tflite.file_bytes:.2f}x the float .tflite file, "
-        f"{rows[0].zipped_bytes / int8_row.zipped_bytes:.0f}x smaller zipped than the teacher"
+        f"{int8_row.zipped_bytes / 1024:.1f} KiB zipped"
     )
     _status(f"reports written to {os.path.abspath(config.out_dir)}")
     return rows

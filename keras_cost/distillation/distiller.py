@@ -363,7 +363,9 @@ class DistillerModel(keras.Model):
         extra = [ops.sum(ops.cast(loss, "float32")) for loss in self.losses]
         if not extra:
             return 0.0
-        return ops.sum(ops.stack(extra))
+        # Keras divides these losses by the replica count in its own
+        # `compute_loss`, because gradients are summed over replicas.
+        return ops.sum(ops.stack(extra)) / _replica_count()
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Return `alpha · L_s + (1 − alpha) · L_t` plus regularization.

@@ -222,7 +222,7 @@ def _warn_untrained_ranges(model):
     names = [
         layer.name
         for layer in _all_layers(model)
-        if hasattr(layer, "output_range_set") and float(layer.output_range_set) < 0.5
+        if hasattr(layer, "output_range_set") and float(layer.output_range_set.numpy()) < 0.5
     ]
     if names:
         warnings.warn(
@@ -281,19 +281,13 @@ def _output_names(model):
 def write_atomically(path, content):
     """Write `content` to `path` through a temporary file and `os.replace`.
 
+    The file gets the mode that the umask gives a plain `open`, and an
+    interrupted write leaves any previous file at `path` untouched.
+
     Args:
         path: Destination file path. Its folder must exist.
         content: `bytes` to write.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary_path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".tflite")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary_path, path)
-    except BaseException:
-        os.unlink(temporary_path)
-        raise
+    from keras_cost._io import atomic_write_bytes
+
+    atomic_write_bytes(os.fspath(path), content)

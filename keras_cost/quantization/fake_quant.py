@@ -101,11 +101,26 @@ def add_range_variables(layer):
             dtype="float32",
             trainable=False,
             autocast=False,
-            # Replicas see different batches, so their range updates are
-            # averaged to keep one range on every replica.
+            # Every replica assigns the same global-batch range (see
+            # `_global_extreme`), so the mean leaves that value unchanged.
             aggregation="mean",
         )
         setattr(layer, name, variable)
+
+
+def _global_extreme(value, reduce):
+    """Reduce a per-replica scalar over all replicas that share one global batch."""
+    # Each replica sees a slice of the global batch, and averaging the slice
+    # ranges would shrink the range that one device would find. `all_gather`
+    # also works under MultiWorkerMirroredStrategy and keeps shapes static.
+    if keras.backend.backend() != "tensorflow":
+        return value
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return reduce(context.all_gather(ops.reshape(value, (1,)), axis=0))
 
 
 def quantize_with_moving_range(layer, outputs, training, num_bits, ema_decay):
@@ -132,6 +147,8 @@ def quantize_with_moving_range(layer, outputs, training, num_bits, ema_decay):
     if training:
         batch_min = _reduce(ops.minimum, [ops.min(ops.cast(t, "float32")) for t in tensors])
         batch_max = _reduce(ops.maximum, [ops.max(ops.cast(t, "float32")) for t in tensors])
+        batch_min = _global_extreme(batch_min, ops.min)
+        batch_max = _global_extreme(batch_max, ops.max)
         is_set = layer.output_range_set > 0.5
         range_min = ops.where(
             is_set, ema_decay * range_min + (1.0 - ema_decay) * batch_min, batch_min
