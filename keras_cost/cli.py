@@ -230,8 +230,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
 
     if args.command == "demo":
-        # Imported here so that `keras-cost --help` answers without loading
-        # TensorFlow.
+        # NOTE: imported here to keep the parser light, but the package's
+        # `__init__` already loads TensorFlow, so `--help` still takes seconds.
         from keras_cost.demo import DemoConfig
         from keras_cost.demo import run_demo
 
@@ -255,8 +255,7 @@ def main(argv=None):
 
 
 def _run_model_command(args):
-    # Imported here so that `keras-cost --help` answers without loading
-    # TensorFlow.
+    # Imported here, like the demo, to keep the parser light.
     from keras_cost import compress
 
     try:

@@ -11,7 +11,7 @@ SPLIT_SEED = 0
 def load_digits():
     """Load the scikit-learn digits as 8x8 grey-scale images.
 
-    The data set holds 1,797 real handwritten digits (UCI optical recognition
+    The data set contains 1,797 real handwritten digits (UCI optical recognition
     of handwritten digits), shipped inside scikit-learn, so no download is
     needed. Pixel values 0 to 16 are scaled to [0, 1]. The split is stratified
     by class with `sklearn.model_selection.train_test_split(test_size=0.2,

@@ -127,8 +127,8 @@ def test_compress_unknown_quantize(tmp_path, untrained_cnn, digits_npz):
 
 
 def parse_error(capsys, *args):
-    # Option values are checked by the argument parser before TensorFlow
-    # work starts; calling `main` in-process keeps these checks fast, and
+    # The argument parser checks option values before any TensorFlow work,
+    # so calling `main` in-process keeps these checks fast.
     # `test_compress_unknown_quantize` covers the same path through the script.
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["compress", "m.keras", "--data", "d.npz", "--out", "out", *args])

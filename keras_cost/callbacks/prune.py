@@ -76,7 +76,7 @@ class PruneCallback(keras.callbacks.Callback):
     weights, all pruned kernels together) is written to `logs["sparsity"]`,
     and with `verbose=1` also `logs["sparsity/<kernel name>"]` per kernel
     and a printed line. Place the callback before a `CSVLogger` in the
-    callback list so the logger sees these values; `History` always does.
+    callback list so that the logger receives these values. `History` always receives them.
 
     Args:
         schedule: A `keras_cost.pruning` schedule such as

@@ -72,7 +72,7 @@ class PruningSchedule:
 
     @property
     def target_sparsity_value(self):
-        """The sparsity this schedule ends at, or None when a subclass does not say."""
+        """The sparsity this schedule ends at, or None when a subclass does not define it."""
         return None
 
     def _fires(self, step):

@@ -110,7 +110,7 @@ def add_range_variables(layer):
 
 def _global_extreme(value, reduce):
     """Reduce a per-replica scalar over all replicas that share one global batch."""
-    # Each replica sees a slice of the global batch, and averaging the slice
+    # Each replica computes on a slice of the global batch, and averaging the slice
     # ranges would shrink the range that one device would find. `all_gather`
     # also works under MultiWorkerMirroredStrategy and keeps shapes static.
     if keras.backend.backend() != "tensorflow":

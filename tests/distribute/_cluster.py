@@ -50,8 +50,8 @@ def free_ports(count):
             sock.close()
 
 
-def start_workers(out_dir, *worker_args):
-    """Start one `_worker.py` per task of a loopback cluster; return them."""
+def start_workers(out_dir, *worker_args, worker_script=WORKER_SCRIPT):
+    """Start one `worker_script` process per task of a loopback cluster and return them."""
     addresses = [f"127.0.0.1:{port}" for port in free_ports(NUM_WORKERS)]
     processes = []
     try:
@@ -66,7 +66,7 @@ def start_workers(out_dir, *worker_args):
             with open(out_dir / f"worker_{index}.log", "wb") as log:
                 processes.append(
                     subprocess.Popen(
-                        [sys.executable, str(WORKER_SCRIPT), str(out_dir), *worker_args],
+                        [sys.executable, str(worker_script), str(out_dir), *worker_args],
                         env=env,
                         stdout=log,
                         stderr=subprocess.STDOUT,

@@ -23,7 +23,7 @@ NUM_EXAMPLES = 80
 
 
 def load_worker_module():
-    """Import `_worker.py`, which holds the shared test model and data."""
+    """Import `_worker.py`, which contains the shared test model and data."""
     path = pathlib.Path(__file__).with_name("_worker.py")
     spec = importlib.util.spec_from_file_location("_worker", path)
     module = importlib.util.module_from_spec(spec)

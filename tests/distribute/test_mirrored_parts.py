@@ -266,7 +266,7 @@ def test_qat_ranges_contain_zero(out_dir):
 
 
 def test_qat_export_runs(out_dir):
-    # The model still holds MirroredVariables when it is exported.
+    # The model still contains MirroredVariables when it is exported.
     mirrored, _ = load(out_dir, "qat_export")
     assert "export_error" not in mirrored.files, str(mirrored["export_error"])
 

@@ -8,11 +8,8 @@ workers must end identical to each other and to that run.
 """
 
 import importlib.util
-import json
-import os
 import pathlib
 import subprocess
-import sys
 import time
 
 import keras
@@ -53,30 +50,7 @@ def _log_tail(out_dir, index):
 
 
 def _start_workers(out_dir):
-    addresses = [f"127.0.0.1:{port}" for port in cluster.free_ports(NUM_WORKERS)]
-    processes = []
-    try:
-        for index in range(NUM_WORKERS):
-            tf_config = {
-                "cluster": {"worker": addresses},
-                "task": {"type": "worker", "index": index},
-            }
-            env = dict(os.environ, TF_CONFIG=json.dumps(tf_config))
-            env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-            env["CUDA_VISIBLE_DEVICES"] = ""
-            with open(out_dir / f"worker_{index}.log", "wb") as log:
-                processes.append(
-                    subprocess.Popen(
-                        [sys.executable, str(WORKER_SCRIPT), str(out_dir), *CASES],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-    except BaseException:
-        cluster.stop(processes)
-        raise
-    return processes
+    return cluster.start_workers(out_dir, *CASES, worker_script=WORKER_SCRIPT)
 
 
 @pytest.fixture(scope="module")
