@@ -183,6 +183,36 @@ def test_metrics_at_accepted_point():
     assert history.history["loss"][-1] == pytest.approx(evaluated["loss"], rel=1e-5)
 
 
+class CountingDense(keras.layers.Dense):
+    """A Dense layer that counts its Python calls, that is, traces plus eager calls."""
+
+    calls = 0
+
+    def call(self, inputs):
+        CountingDense.calls += 1
+        return super().call(inputs)
+
+
+def count_calls_of_first_fit(metrics):
+    x, y = least_squares_data()
+    model = keras.Sequential([keras.Input((5,)), CountingDense(1)])
+    model.compile(optimizer=LBFGS(), loss="mse", metrics=metrics)
+    install_lbfgs_step(model)
+    CountingDense.calls = 0
+    model.fit(x, y, batch_size=len(x), epochs=2, verbose=0)
+    return CountingDense.calls
+
+
+def test_compiled_metrics_do_not_retrace_the_step():
+    # A step that creates metric variables on its first trace is traced
+    # twice by tf.function. The metrics are built eagerly first, with one
+    # eager forward pass, so the step is traced once, as without metrics.
+    without_metrics = count_calls_of_first_fit(metrics=None)
+    with_metrics = count_calls_of_first_fit(metrics=["mae"])
+
+    assert with_metrics == without_metrics + 1
+
+
 def test_full_batch_reuses_evaluations():
     x, y = least_squares_data()
     model = linear_model()
