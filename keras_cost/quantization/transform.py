@@ -4,6 +4,7 @@ import warnings
 
 import keras
 
+from keras_cost.quantization import batch_norm_fold
 from keras_cost.quantization import kernel_ops
 from keras_cost.quantization.activation import ActivationQuantizer, QuantizedConcatenate
 from keras_cost.quantization.wrapper import QuantizeWrapper
@@ -39,7 +40,7 @@ _PASSTHROUGH_TYPES = (
 _CONSTRAINT_ATTRIBUTES = ("kernel_constraint", "depthwise_constraint", "bias_constraint")
 
 
-def quantize_model(model, num_bits=8, per_channel=False, ema_decay=0.99):
+def quantize_model(model, num_bits=8, per_channel=False, ema_decay=0.99, fold_batch_norm=True):
     """Return a copy of `model` with every supported layer in a `QuantizeWrapper`.
 
     Supported layers are Dense, Conv1D, Conv2D and DepthwiseConv2D.
@@ -51,15 +52,33 @@ def quantize_model(model, num_bits=8, per_channel=False, ema_decay=0.99):
     functional models are handled at any depth. Layers already in a
     `QuantizeWrapper` are copied with their learned ranges.
 
+    With `fold_batch_norm=True`, a BatchNormalization layer applied to the
+    output of a Dense, Conv1D, Conv2D or DepthwiseConv2D layer is folded
+    into that layer: the copy has one wrapped layer, named like the original
+    kernel layer, whose kernel and bias are
+    `W * gamma / sqrt(moving_variance + epsilon)` per output channel and
+    `beta + (b - moving_mean) * gamma / sqrt(moving_variance + epsilon)`.
+    So the int8 model quantizes the kernel that actually runs, and its
+    output before quantization equals the original model's inference output
+    up to float rounding. Folding uses the frozen moving statistics, the
+    usual choice for QAT fine-tuning of a trained model: training the copy
+    updates the folded kernel and bias, and no batch statistics are
+    computed or updated. A BatchNormalization folds only when the kernel
+    layer has no activation, is channels-last, is called once and feeds
+    only that BatchNormalization, and the BatchNormalization normalizes the
+    last axis and is called once, without a fixed `training` argument.
+    Others stay in float, with the reason in the warning described below.
+
     Pooling, Flatten, Reshape, Dropout, padding and cropping layers stay as
     they are: their int8 outputs share the input's scale. Each Concatenate
     becomes a `QuantizedConcatenate` named `quant_<name>`, because int8
     concatenation needs one scale for all inputs and the output. Wrapped
     layers that feed it get `quantize_output=False`, so only the shared
-    range applies. Every other layer that is not wrapped
-    (BatchNormalization, Add, Activation, ...) stays in float during
-    training, and `export_tflite(..., quantize="int8")` calibrates its ranges
-    on `representative_data`. Those layers are named in one `UserWarning`.
+    range applies. Every other layer that is not wrapped or folded
+    (BatchNormalization that cannot fold, Add, Activation, ...) stays in
+    float during training, and `export_tflite(..., quantize="int8")`
+    calibrates its ranges on `representative_data`. Those layers are named
+    in one `UserWarning`.
 
     Args:
         model: A Keras 3 Sequential or functional model.
@@ -72,6 +91,9 @@ def quantize_model(model, num_bits=8, per_channel=False, ema_decay=0.99):
             output channels over two axes. Defaults to `False`.
         ema_decay: Moving-average decay of the output ranges. Defaults to
             `0.99`.
+        fold_batch_norm: Whether to fold each BatchNormalization layer that
+            allows it into the Dense or convolution layer before it.
+            Defaults to `True`.
 
     Returns:
         A new model of the same kind (Sequential or functional).
@@ -99,10 +121,15 @@ def quantize_model(model, num_bits=8, per_channel=False, ema_decay=0.99):
         raise ValueError(
             f"`per_channel` must be True or False. Received: per_channel={per_channel!r}"
         )
+    if not isinstance(fold_batch_norm, bool):
+        raise ValueError(
+            "`fold_batch_norm` must be True or False. "
+            f"Received: fold_batch_norm={fold_batch_norm!r}"
+        )
 
     settings = {"num_bits": num_bits, "per_channel": per_channel, "ema_decay": ema_decay}
     report = {"wrapped": [], "float": []}
-    quantized = _clone(model, settings, report)
+    quantized = _clone(model, settings, report, fold_batch_norm)
 
     if not report["wrapped"]:
         supported = ", ".join(kernel_ops.supported_layer_names())
@@ -154,23 +181,80 @@ def _is_graph_model(model):
     return any(cls.__name__ in ("Functional", "Sequential") for cls in type(model).__mro__)
 
 
-def _clone(model, settings, report):
+def _clone(model, settings, report, fold_batch_norm):
     pairs = []
     concatenated = _concatenate_producers(model)
+    plan = batch_norm_fold.plan_folds(model) if fold_batch_norm else batch_norm_fold.FoldPlan()
+    folded_away = plan.folded_batch_norms()
 
     def clone_layer(layer):
-        new_layer = _clone_layer(layer, settings, report, layer.name in concatenated)
+        if id(layer) in folded_away:
+            # The functional graph still visits a folded BatchNormalization;
+            # skip_folded makes the call return its input unchanged.
+            return _FOLDED
+        batch_norm = plan.folds.get(layer.name)
+        # A folded kernel layer feeds a Concatenate when its
+        # BatchNormalization did.
+        feeds_concatenate = layer.name in concatenated or (
+            batch_norm is not None and batch_norm.name in concatenated
+        )
+        new_layer = _clone_layer(
+            layer,
+            settings,
+            report,
+            fold_batch_norm,
+            feeds_concatenate=feeds_concatenate,
+            batch_norm=batch_norm,
+            fold_blocked_by=plan.blocked.get(layer.name),
+        )
         pairs.append((layer, new_layer))
         return new_layer
 
-    clone = keras.models.clone_model(model, clone_function=clone_layer)
+    if isinstance(model, keras.Sequential):
+        clone = _clone_sequential(model, clone_layer, folded_away)
+    else:
+
+        def skip_folded(layer, *args, **kwargs):
+            if layer is _FOLDED:
+                return args[0] if args else kwargs["inputs"]
+            return layer(*args, **kwargs)
+
+        clone = keras.models.clone_model(
+            model, clone_function=clone_layer, call_function=skip_folded
+        )
     for layer, new_layer in pairs:
         if isinstance(new_layer, keras.Model) or not layer.weights:
             # A nested clone already contains copied weights, and a layer
             # without weights (such as a replaced Concatenate) has none.
             continue
         target = new_layer.layer if _is_new_wrapper(layer, new_layer) else new_layer
-        target.set_weights(layer.get_weights())
+        if layer.name in plan.folds:
+            target.set_weights(batch_norm_fold.fold_weights(layer, plan.folds[layer.name]))
+        else:
+            target.set_weights(layer.get_weights())
+    return clone
+
+
+# Stands in for a folded BatchNormalization while a functional model is
+# cloned. It is never called, so it does not appear in the copy.
+_FOLDED = object()
+
+
+def _clone_sequential(model, clone_layer, folded_away):
+    """Copy a Sequential model as `keras.models.clone_model` does, without folded layers."""
+    # The first entry of a built Sequential model's config is its InputLayer.
+    input_layer = keras.layers.deserialize(model.get_config()["layers"][0])
+    copies = {}
+    new_layers = []
+    for layer in model.layers:
+        if id(layer) in folded_away:
+            continue
+        if id(layer) not in copies:
+            copies[id(layer)] = clone_layer(layer)
+        new_layers.append(copies[id(layer)])
+    clone = keras.Sequential([input_layer] + new_layers, name=model.name, trainable=model.trainable)
+    if model.compiled:
+        clone.compile_from_config(model.get_compile_config())
     return clone
 
 
@@ -198,12 +282,28 @@ def _node_tensors(layer, attribute):
     return tensors if isinstance(tensors, (list, tuple)) else [tensors]
 
 
-def _clone_layer(layer, settings, report, feeds_concatenate):
+def _clone_layer(
+    layer,
+    settings,
+    report,
+    fold_batch_norm,
+    feeds_concatenate=False,
+    batch_norm=None,
+    fold_blocked_by=None,
+):
+    """Copy one layer, wrapping it or folding `batch_norm` into it where that applies.
+
+    `fold_blocked_by` is the reason a BatchNormalization `layer` cannot fold,
+    which the report of float layers then gives.
+    """
     if isinstance(layer, keras.Model):
         _check_model(layer)
-        return _clone(layer, settings, report)
+        return _clone(layer, settings, report, fold_batch_norm)
 
-    copy = type(layer).from_config(layer.get_config())
+    if batch_norm is not None:
+        copy = type(layer).from_config(batch_norm_fold.folded_config(layer))
+    else:
+        copy = type(layer).from_config(layer.get_config())
     _share_constraints(layer, copy)
 
     if type(layer) is keras.layers.Concatenate:
@@ -227,6 +327,8 @@ def _clone_layer(layer, settings, report, feeds_concatenate):
         )
     if isinstance(layer, QuantizeWrapper):
         report["wrapped"].append(layer.name)
+    elif fold_blocked_by is not None:
+        report["float"].append(f"{layer.name} (not folded: {fold_blocked_by})")
     elif not isinstance(layer, _PASSTHROUGH_TYPES + (ActivationQuantizer, QuantizedConcatenate)):
         report["float"].append(layer.name)
     return copy
