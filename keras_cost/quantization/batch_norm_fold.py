@@ -119,7 +119,7 @@ def _functional_links(model):
         name = layer_config["name"]
         nodes = layer_config.get("inbound_nodes", [])
         calls[name] = len(nodes)
-        histories = [history for node in nodes for history in _keras_histories(node)]
+        histories = [history for node in nodes for history in keras_histories(node)]
         inputs_of[name] = histories
         uses.update(tuple(history) for history in histories)
         if nodes:
@@ -154,17 +154,17 @@ def _functional_links(model):
     return links
 
 
-def _keras_histories(value):
+def keras_histories(value):
     """Yield the `[layer_name, node_index, tensor_index]` of each tensor in a node config."""
     if isinstance(value, dict):
         if value.get("class_name") == "__keras_tensor__":
             yield value["config"]["keras_history"]
             return
         for item in value.values():
-            yield from _keras_histories(item)
+            yield from keras_histories(item)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            yield from _keras_histories(item)
+            yield from keras_histories(item)
 
 
 def _is_batch_norm(layer):

@@ -159,6 +159,11 @@ def quantize_with_moving_range(layer, outputs, training, num_bits, ema_decay):
         layer.output_min.assign(range_min)
         layer.output_max.assign(range_max)
         layer.output_range_set.assign(1.0)
+        # The moving range is a statistic, not a trained quantity: without
+        # this, gradients of the clipped values would flow into the batch
+        # minimum and maximum and back to the single activations that set them.
+        range_min = ops.stop_gradient(range_min)
+        range_max = ops.stop_gradient(range_max)
 
     quantized = [fake_quant(t, range_min, range_max, num_bits=num_bits) for t in tensors]
     if isinstance(outputs, (list, tuple)):

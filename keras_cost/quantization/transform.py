@@ -181,9 +181,9 @@ def _is_graph_model(model):
     return any(cls.__name__ in ("Functional", "Sequential") for cls in type(model).__mro__)
 
 
-def _clone(model, settings, report, fold_batch_norm):
+def _clone(model, settings, report, fold_batch_norm, outputs_feed_concatenate=False):
     pairs = []
-    concatenated = _concatenate_producers(model)
+    concatenated = _concatenate_producers(model, outputs_feed_concatenate)
     plan = batch_norm_fold.plan_folds(model) if fold_batch_norm else batch_norm_fold.FoldPlan()
     folded_away = plan.folded_batch_norms()
 
@@ -258,28 +258,67 @@ def _clone_sequential(model, clone_layer, folded_away):
     return clone
 
 
-def _concatenate_producers(model):
-    """Return the names of the layers whose output feeds a Concatenate."""
-    concatenated = []
-    for layer in model.layers:
-        if type(layer) is keras.layers.Concatenate:
-            concatenated.extend(_node_tensors(layer, "input"))
+def _concatenate_producers(model, outputs_feed_concatenate=False):
+    """Return the names of the layers whose output reaches a Concatenate.
+
+    The output may pass through layers that keep the int8 scale (pooling,
+    Flatten, Reshape, ...) on its way. With `outputs_feed_concatenate` the
+    model's own outputs count as Concatenate inputs: this is how the last
+    layer of a nested model that feeds a Concatenate is found.
+    """
+    links = _graph_links(model)
+    if links is None:
+        return set()
+    inputs_of, output_names = links
+    pending = [
+        producer
+        for name, producers in inputs_of.items()
+        if type(model.get_layer(name)) is keras.layers.Concatenate
+        for producer in producers
+    ]
+    if outputs_feed_concatenate:
+        pending.extend(output_names)
+
     names = set()
-    for layer in model.layers:
-        outputs = _node_tensors(layer, "output")
-        if any(output is tensor for output in outputs for tensor in concatenated):
-            names.add(layer.name)
+    while pending:
+        name = pending.pop()
+        if name in names:
+            continue
+        names.add(name)
+        layer = model.get_layer(name)
+        if isinstance(layer, _PASSTHROUGH_TYPES) and not isinstance(layer, keras.layers.InputLayer):
+            # The scale passes through unchanged, so the layer that produced
+            # this layer's input must use the shared range too.
+            pending.extend(inputs_of.get(name, []))
     return names
 
 
-def _node_tensors(layer, attribute):
-    # `layer.input` and `layer.output` raise for a layer called more than
-    # once; such a shared layer is not matched.
-    try:
-        tensors = getattr(layer, attribute)
-    except (AttributeError, ValueError):
-        return []
-    return tensors if isinstance(tensors, (list, tuple)) else [tensors]
+def _graph_links(model):
+    """Return `({layer name: names of the layers it reads}, output layer names)`.
+
+    Functional graphs are read from `get_config()`, which names the layer
+    behind each input of each call, also for nested models. Returns `None`
+    for a functional subclass whose `get_config` hides its graph.
+    """
+    if isinstance(model, keras.Sequential):
+        layers = model.layers
+        inputs_of = {later.name: [earlier.name] for earlier, later in zip(layers, layers[1:])}
+        return inputs_of, [layers[-1].name] if layers else []
+    config = model.get_config()
+    if "layers" not in config:
+        return None
+    inputs_of = {
+        layer_config["name"]: [
+            history[0]
+            for node in layer_config.get("inbound_nodes", [])
+            for history in batch_norm_fold.keras_histories(node)
+        ]
+        for layer_config in config["layers"]
+    }
+    outputs = config.get("output_layers", [])
+    if outputs and isinstance(outputs[0], str):
+        outputs = [outputs]
+    return inputs_of, [output[0] for output in outputs]
 
 
 def _clone_layer(
@@ -298,7 +337,9 @@ def _clone_layer(
     """
     if isinstance(layer, keras.Model):
         _check_model(layer)
-        return _clone(layer, settings, report, fold_batch_norm)
+        return _clone(
+            layer, settings, report, fold_batch_norm, outputs_feed_concatenate=feeds_concatenate
+        )
 
     if batch_norm is not None:
         copy = type(layer).from_config(batch_norm_fold.folded_config(layer))

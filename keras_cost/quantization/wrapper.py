@@ -146,7 +146,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
             axis = None
         # widen_range would only raise the upper end of [0, 0]; a symmetric
         # range has to grow on both sides to keep its zero point at 0.
-        bound = ops.maximum(bound, fake_quant_lib.MIN_RANGE / 2)
+        # The range follows the kernel but is not trained through it, as in
+        # TFMOT: no gradient reaches the largest weight through the range,
+        # and the backward pass skips the max reduction.
+        bound = ops.stop_gradient(ops.maximum(bound, fake_quant_lib.MIN_RANGE / 2))
         return fake_quant_lib.fake_quant(
             kernel, -bound, bound, num_bits=self.num_bits, narrow_range=True, axis=axis
         )

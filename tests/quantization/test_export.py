@@ -309,3 +309,34 @@ def test_untrained_ranges_warn(rng):
     qat = quantize_model(dense_model())
     with pytest.warns(UserWarning, match=r"\[-6, 6\]: quant_dense"):
         export_tflite(qat, representative_data=rng.random((8, 4)), quantize="int8")
+
+
+def nested_into_concatenate():
+    # The last wrapped layer of the nested model, and a Dense reached through
+    # a Reshape, both feed the outer Concatenate.
+    inner_inputs = keras.Input((6,))
+    inner_outputs = keras.layers.Dense(5, activation="relu", name="inner_dense")(inner_inputs)
+    inner = keras.Model(inner_inputs, inner_outputs, name="inner")
+    inputs = keras.Input((6,))
+    side = keras.layers.Dense(4, activation="relu", name="side")(inputs)
+    side = keras.layers.Reshape((4,), name="side_reshape")(side)
+    merged = keras.layers.Concatenate(name="merge")([inner(inputs), side])
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(merged))
+
+
+def test_concatenate_inputs_through_nesting_and_reshape(classifier, rng):
+    x = rng.normal(size=(128, 6)).astype("float32")
+    qat = classifier(quantize_model(nested_into_concatenate()))
+    qat.fit(x, rng.integers(0, 3, 128), epochs=2, verbose=0)
+
+    # Before, the converter refused: "'tfl.concatenation' op quantization
+    # parameters violate the same scale constraint".
+    flatbuffer = export_tflite(qat, representative_data=x, quantize="int8")
+
+    assert qat.get_layer("inner").get_layer("quant_inner_dense").quantize_output is False
+    assert qat.get_layer("quant_side").quantize_output is False
+    assert qat.get_layer("quant_head").quantize_output is True
+    agreement = np.mean(
+        TFLiteModel(flatbuffer).predict(x).argmax(1) == qat.predict(x, verbose=0).argmax(1)
+    )
+    assert agreement >= 0.98

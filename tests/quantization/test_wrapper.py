@@ -277,3 +277,35 @@ def test_depthwise_matches_layer(rng):
     reference(x)
     reference.set_weights([symmetric_int8_reference(kernel), bias])
     np.testing.assert_allclose(layer(x), reference(x), atol=1e-5)
+
+
+
+def nudged_range(range_min, range_max, num_bits=8):
+    # numpy copy of the range nudging of TF's fake-quant op: the zero point
+    # is rounded to an integer and the range moves with it.
+    steps = 2**num_bits - 1
+    scale = (range_max - range_min) / steps
+    zero_point = np.round(np.clip(-range_min / scale, 0, steps))
+    return -zero_point * scale, (steps - zero_point) * scale
+
+
+def test_ranges_pass_no_gradient(rng):
+    # The kernel range and the moving output range are statistics, as in
+    # TFMOT: the gradient is straight-through for outputs inside the
+    # (nudged) range and 0 outside it, with no path through the batch
+    # minimum and maximum. So d sum(outputs) / dW = x^T @ inside.
+    import tensorflow as tf
+
+    layer = QuantizeWrapper(keras.layers.Dense(3))
+    x = rng.normal(size=(16, 4)).astype("float32")
+    layer(x)
+    kernel, bias = layer.layer.get_weights()
+    with tf.GradientTape() as tape:
+        loss = keras.ops.sum(layer(x, training=True))
+    gradient = tape.gradient(loss, layer.layer.kernel)
+
+    # The first training batch sets the range to its own minimum and maximum.
+    outputs = x.astype("float64") @ kernel + bias
+    low, high = nudged_range(min(outputs.min(), 0.0), max(outputs.max(), 0.0))
+    inside = ((outputs >= low - 1e-6) & (outputs <= high + 1e-6)).astype("float64")
+    np.testing.assert_allclose(gradient, x.T @ inside, rtol=1e-5, atol=1e-5)
