@@ -40,7 +40,9 @@ _PASSTHROUGH_TYPES = (
 _CONSTRAINT_ATTRIBUTES = ("kernel_constraint", "depthwise_constraint", "bias_constraint")
 
 
-def quantize_model(model, num_bits=8, per_channel=False, ema_decay=0.99, fold_batch_norm=True):
+def quantize_model(
+    model, num_bits=8, per_channel=False, ema_decay=0.99, fold_batch_norm=True, activation_bits=8
+):
     """Return a copy of `model` with every supported layer in a `QuantizeWrapper`.
 
     Supported layers are Dense, Conv1D, Conv2D and DepthwiseConv2D.
@@ -82,8 +84,8 @@ def quantize_model(model, num_bits=8, per_channel=False, ema_decay=0.99, fold_ba
 
     Args:
         model: A Keras 3 Sequential or functional model.
-        num_bits: Bit width passed to every new `QuantizeWrapper`. Defaults
-            to `8`.
+        num_bits: Kernel bit width of every new `QuantizeWrapper`, 2 to 8.
+            Defaults to `8`.
         per_channel: Whether Conv2D kernels get one range per output
             channel. Dense, Conv1D and DepthwiseConv2D kernels always use one
             range: the TFLite converter of TF 2.21 rejected per-channel
@@ -94,6 +96,11 @@ def quantize_model(model, num_bits=8, per_channel=False, ema_decay=0.99, fold_ba
         fold_batch_norm: Whether to fold each BatchNormalization layer that
             allows it into the Dense or convolution layer before it.
             Defaults to `True`.
+        activation_bits: Bit width of the output ranges of the new
+            `QuantizeWrapper` and `QuantizedConcatenate` layers, 2 to 8.
+            Defaults to `8`, the width of TFLite's int8 activations: with
+            `num_bits=4` the weights train at 4 bits while the activations,
+            the logits included, keep 8 bits.
 
     Returns:
         A new model of the same kind (Sequential or functional).
@@ -115,7 +122,11 @@ def quantize_model(model, num_bits=8, per_channel=False, ema_decay=0.99, fold_ba
     _check_model(model)
     # Validation happens here so that a bad value fails before any cloning.
     QuantizeWrapper(
-        keras.layers.Dense(1), num_bits=num_bits, per_channel=False, ema_decay=ema_decay
+        keras.layers.Dense(1),
+        num_bits=num_bits,
+        per_channel=False,
+        ema_decay=ema_decay,
+        activation_bits=activation_bits,
     )
     if not isinstance(per_channel, bool):
         raise ValueError(
@@ -127,7 +138,12 @@ def quantize_model(model, num_bits=8, per_channel=False, ema_decay=0.99, fold_ba
             f"Received: fold_batch_norm={fold_batch_norm!r}"
         )
 
-    settings = {"num_bits": num_bits, "per_channel": per_channel, "ema_decay": ema_decay}
+    settings = {
+        "num_bits": num_bits,
+        "per_channel": per_channel,
+        "ema_decay": ema_decay,
+        "activation_bits": activation_bits,
+    }
     report = {"wrapped": [], "float": []}
     quantized = _clone(model, settings, report, fold_batch_norm)
 
@@ -351,7 +367,7 @@ def _clone_layer(
         # An int8 concatenation has one scale for all inputs and the output.
         return QuantizedConcatenate(
             axis=layer.axis,
-            num_bits=settings["num_bits"],
+            num_bits=settings["activation_bits"],
             ema_decay=settings["ema_decay"],
             name=f"quant_{layer.name}",
         )

@@ -40,8 +40,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
             `DepthwiseConv2D` instance,
             built or not. Subclasses are rejected because their `call` may
             differ from what the wrapper recomputes.
-        num_bits: Bit width of the kernel and output quantizers, 2 to 8.
-            Defaults to `8`.
+        num_bits: Bit width of the kernel quantizer, 2 to 8. Defaults to
+            `8`.
         per_channel: Whether the kernel gets one range per output channel.
             Only Conv2D supports it. Defaults to `False`.
         ema_decay: Decay of the moving averages of the output range, in
@@ -50,6 +50,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
             turns it off for layers feeding a Concatenate, whose int8 inputs
             must share the scale of its output. The range variables exist
             either way. Defaults to `True`.
+        activation_bits: Bit width of the output quantizer, 2 to 8.
+            Defaults to `8`, the width of TFLite's int8 activations, so
+            `num_bits=4` trains 4-bit weights with 8-bit activations.
         **kwargs: Base layer arguments such as `name`. The dtype policy
             defaults to the inner layer's.
 
@@ -70,10 +73,18 @@ class QuantizeWrapper(keras.layers.Wrapper):
     """
 
     def __init__(
-        self, layer, num_bits=8, per_channel=False, ema_decay=0.99, quantize_output=True, **kwargs
+        self,
+        layer,
+        num_bits=8,
+        per_channel=False,
+        ema_decay=0.99,
+        quantize_output=True,
+        activation_bits=8,
+        **kwargs,
     ):
         kernel_op = _check_layer(layer)
         _check_num_bits(num_bits)
+        _check_num_bits(activation_bits, name="activation_bits")
         if not isinstance(per_channel, bool):
             raise ValueError(
                 f"`per_channel` must be True or False. Received: per_channel={per_channel!r}"
@@ -105,6 +116,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self.per_channel = per_channel
         self.ema_decay = float(ema_decay)
         self.quantize_output = quantize_output
+        self.activation_bits = int(activation_bits)
         self._kernel_op = kernel_op
 
     def build(self, input_shape):
@@ -156,7 +168,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
 
     def _quantize_output(self, outputs, training):
         return fake_quant_lib.quantize_with_moving_range(
-            self, outputs, training, self.num_bits, self.ema_decay
+            self, outputs, training, self.activation_bits, self.ema_decay
         )
 
     def get_config(self):
@@ -167,6 +179,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
                 "per_channel": self.per_channel,
                 "ema_decay": self.ema_decay,
                 "quantize_output": self.quantize_output,
+                "activation_bits": self.activation_bits,
             }
         )
         # The constructor forces autocast off, so it is not a setting.
@@ -197,9 +210,9 @@ def _check_layer(layer):
     return kernel_op
 
 
-def _check_num_bits(num_bits):
+def _check_num_bits(num_bits, name="num_bits"):
     if isinstance(num_bits, bool) or not isinstance(num_bits, int) or not 2 <= num_bits <= 8:
         raise ValueError(
-            "`num_bits` must be an integer from 2 to 8 (TFLite runs 8-bit integer "
-            f"kernels). Received: num_bits={num_bits!r}"
+            f"`{name}` must be an integer from 2 to 8 (TFLite runs 8-bit integer "
+            f"kernels). Received: {name}={num_bits!r}"
         )

@@ -117,6 +117,18 @@ def test_invalid_num_bits(cnn):
         quantize_model(cnn(), num_bits=0)
 
 
+def test_activation_bits_default_to_8(cnn):
+    qat = quantize_model(cnn(), num_bits=4)
+    wrappers = [layer for layer in qat.layers if isinstance(layer, QuantizeWrapper)]
+    assert [layer.num_bits for layer in wrappers] == [4] * len(wrappers)
+    assert [layer.activation_bits for layer in wrappers] == [8] * len(wrappers)
+
+
+def test_invalid_activation_bits(cnn):
+    with pytest.raises(ValueError, match="activation_bits=1"):
+        quantize_model(cnn(), activation_bits=1)
+
+
 def test_per_channel_skips_dense(cnn):
     qat = quantize_model(cnn(), per_channel=True)
     assert qat.layers[0].per_channel is True

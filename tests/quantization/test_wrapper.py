@@ -183,6 +183,7 @@ def test_mixed_float16_dtypes():
         ({"per_channel": "yes"}, "per_channel='yes'"),
         ({"per_channel": 1}, "per_channel=1"),
         ({"quantize_output": None}, "quantize_output=None"),
+        ({"activation_bits": 9}, "activation_bits=9"),
     ],
 )
 def test_invalid_arguments(kwargs, message):
@@ -207,11 +208,13 @@ def test_config_round_trip():
         per_channel=True,
         ema_decay=0.9,
         quantize_output=False,
+        activation_bits=7,
     )
     config = layer.get_config()
     clone = QuantizeWrapper.from_config(config)
     assert clone.get_config() == config
     assert clone.num_bits == 6
+    assert clone.activation_bits == 7
     assert clone.per_channel is True
     assert clone.ema_decay == 0.9
     assert clone.quantize_output is False
@@ -309,3 +312,24 @@ def test_ranges_pass_no_gradient(rng):
     low, high = nudged_range(min(outputs.min(), 0.0), max(outputs.max(), 0.0))
     inside = ((outputs >= low - 1e-6) & (outputs <= high + 1e-6)).astype("float64")
     np.testing.assert_allclose(gradient, x.T @ inside, rtol=1e-5, atol=1e-5)
+
+
+def test_weight_and_output_bits_are_separate(rng):
+    # num_bits=4 puts the kernel on 15 levels; the output keeps 8 bits, so
+    # with the output range set to [0, 2.55] its values are multiples of 0.01.
+    layer = QuantizeWrapper(keras.layers.Dense(3), num_bits=4)
+    x = rng.normal(size=(32, 5)).astype("float32")
+    layer(x)
+    layer.output_min.assign(0.0)
+    layer.output_max.assign(2.55)
+    layer.output_range_set.assign(1.0)
+
+    kernel = keras.ops.convert_to_numpy(layer.quantized_kernel())
+    bound = np.abs(layer.layer.kernel.numpy()).max()
+    np.testing.assert_allclose(kernel / (bound / 7), np.round(kernel / (bound / 7)), atol=1e-4)
+    assert len(np.unique(kernel)) <= 15
+
+    outputs = keras.ops.convert_to_numpy(layer(x))
+    steps = outputs / 0.01
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    assert len(np.unique(outputs)) > 16
