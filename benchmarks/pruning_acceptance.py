@@ -78,7 +78,7 @@ class Settings:
     learning_rate: float = 1e-3
     finetune_learning_rate: float = 1e-3
     prune_frequency: int = 15
-    l0_lambdas: tuple = (0.01, 0.02, 0.05)
+    l0_lambdas: tuple = (1e-4, 2e-4, 5e-4)
     l0_epochs: int = 30
     l0_learning_rate: float = 1e-2
     l0_initial_log_alpha: float = 1.0
@@ -92,7 +92,7 @@ QUICK = Settings(
     dense_epochs=10,
     prune_epochs=3,
     finetune_epochs=3,
-    l0_lambdas=(0.03,),
+    l0_lambdas=(3e-4,),
     l0_epochs=5,
     l0_finetune_epochs=2,
     apoz_rounds=2,
@@ -577,7 +577,7 @@ def parse_args(argv):
     )
     parser.add_argument(
         "--l0-lambdas", type=float, nargs="+", default=None,
-        help="L0 penalty per expected open unit, one run per value",
+        help="L0 penalty per expected non-zero weight, one run per value",
     )
     return parser.parse_args(argv)
 

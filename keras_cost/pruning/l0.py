@@ -24,14 +24,17 @@ class L0Gate(keras.layers.Wrapper):
     distribution with location `log_alpha`. At inference it is the
     deterministic `clip(sigmoid(log_alpha) * (zeta - gamma) + gamma, 0, 1)`,
     so a unit whose gate is 0 is removed exactly. Each call adds
-    `l0_lambda * E[||z||_0]`, the expected number of open gates, to the
-    model's losses, so training minimizes `L(W) + lambda * ||W||_0` over
-    whole units.
+    `l0_lambda * E[||W||_0]` to the model's losses: the expected number of
+    non-zero weights, where an open gate keeps its unit's kernel slice and
+    bias (`weights_per_unit`) and a closed gate removes them. So training
+    minimizes `L(W) + lambda * ||W||_0`, with weights removed a whole unit
+    at a time, and a unit with more inputs costs more.
 
     Args:
         layer: A Dense or Conv1D/2D/3D layer. Its activation moves to the
             wrapper, so the gate acts before it.
-        l0_lambda: Weight of the expected-L0 penalty per open unit, >= 0.
+        l0_lambda: Weight of the expected-L0 penalty per expected non-zero
+            weight, >= 0.
         initial_log_alpha: Initial gate location. The default 3.0 opens
             every gate fully at inference, so a trained model keeps its
             outputs. Defaults to `3.0`.
@@ -105,11 +108,21 @@ class L0Gate(keras.layers.Wrapper):
         log_alpha = keras.ops.cast(self.log_alpha, "float32")
         return keras.ops.sum(keras.ops.sigmoid(log_alpha - BETA * math.log(-GAMMA / ZETA)))
 
+    @property
+    def weights_per_unit(self):
+        """Int, the weights that one gate removes: its unit's kernel slice and bias."""
+        kernel_shape = self.layer.kernel.shape
+        return math.prod(kernel_shape[:-1]) + (1 if self.layer.use_bias else 0)
+
+    def expected_nonzero_weights(self):
+        """Return E[||W||_0]: `weights_per_unit` times the expected open gates."""
+        return self.weights_per_unit * self.expected_open_gates()
+
     def call(self, inputs, training=False):
         outputs = self.layer(inputs)
         gates = keras.ops.cast(self.gates(training), outputs.dtype)
         if self.l0_lambda > 0:
-            self.add_loss(self.l0_lambda * self.expected_open_gates())
+            self.add_loss(self.l0_lambda * self.expected_nonzero_weights())
         return self.activation(outputs * gates)
 
     def compute_output_shape(self, input_shape):
@@ -146,7 +159,9 @@ def l0_regularize(model, l0_lambda, layers=None, initial_log_alpha=3.0):
 
     Args:
         model: A built `keras.Sequential` or functional model.
-        l0_lambda: Penalty per expected open unit, added to the loss.
+        l0_lambda: Penalty per expected non-zero weight, added to the
+            loss. A unit with `n` inputs costs `l0_lambda * (n + 1)` while
+            its gate is open (the `+ 1` is its bias).
         layers: `None` for every Dense and Conv1D/2D/3D layer except the
             last (its units are model outputs), or a list of layer names.
         initial_log_alpha: Initial gate location. Defaults to `3.0`.

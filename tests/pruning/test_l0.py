@@ -48,9 +48,20 @@ def test_gate_training_samples_in_range():
 
 
 def test_gate_adds_loss():
+    # lambda * E[||W||_0]: each of the 3 units has 3 kernel weights and a
+    # bias, so an open gate keeps 4 weights.
     gate = _gate([0.0, 0.0, 0.0])
     gate(keras.ops.ones((1, 3)))
-    assert float(gate.losses[0]) == pytest.approx(0.1 * float(gate.expected_open_gates()))
+    assert gate.weights_per_unit == 4
+    expected = 0.1 * 4 * float(gate.expected_open_gates())
+    assert float(gate.losses[0]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_conv_gate_counts_kernel_slice():
+    # A 3x3 Conv2D over 2 channels without bias: 18 weights per filter.
+    gate = L0Gate(keras.layers.Conv2D(5, 3, use_bias=False), l0_lambda=0.1)
+    gate.build((None, 6, 6, 2))
+    assert gate.weights_per_unit == 18
 
 
 def test_gate_rejects_layer():
@@ -99,7 +110,7 @@ def test_l0_train_strip_shrink():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 16)).astype("float32")
     y = (x[:, :4] * 2.0).astype("float32")
-    gated = l0_regularize(_mlp(), l0_lambda=0.05)
+    gated = l0_regularize(_mlp(), l0_lambda=0.003)
     gated.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
     gated.fit(x, y, batch_size=32, epochs=20, verbose=0)
 
