@@ -15,9 +15,10 @@ class Quantizer:
     """Base class: `quantize`, `dequantize` and a straight-through `__call__`.
 
     Subclasses implement `quantize`, `dequantize` and `get_config`. The
-    base class adds `__call__`, which returns `x + stop_gradient(Q(x) - x)`:
-    the forward pass computes with the dequantized values and the gradient with
-    respect to `x` is the identity.
+    base class adds `__call__`, which returns
+    `stop_gradient(Q(x)) + (x - stop_gradient(x))`: the forward pass gives
+    exactly the dequantized values, and the gradient with respect to `x` is
+    the identity.
 
     Example:
 
@@ -46,7 +47,9 @@ class Quantizer:
         x = ops.cast(x, "float32")
         codes, params = self.quantize(x)
         values = self.dequantize(codes, params)
-        return x + ops.stop_gradient(values - x)
+        # x - stop_gradient(x) is exactly 0 forward, so the output is exactly
+        # a representable value, where x + (Q(x) - x) could be off by rounding.
+        return ops.stop_gradient(values) + (x - ops.stop_gradient(x))
 
     def get_config(self):
         raise NotImplementedError
@@ -212,8 +215,9 @@ class KMeansQuantizer(Quantizer):
 
     The centroids start evenly spaced over `[min, max]` (linear
     initialization) and are refined by `num_iterations` Lloyd steps in
-    one dimension. One centroid is held at exactly 0, so zeros, including
-    pruned weights, stay zero. Codes are centroid indices, so a tensor is
+    one dimension. When the tensor contains exact zeros, such as pruned
+    weights, one centroid is held at exactly 0 so that they stay zero;
+    otherwise all centroids are free. Codes are centroid indices, so a tensor is
     stored as `log2(num_clusters)` bits per value plus the codebook.
 
     Args:
@@ -246,7 +250,10 @@ class KMeansQuantizer(Quantizer):
         low = ops.minimum(ops.min(values), 0.0)
         high = ops.maximum(ops.max(values), 0.0)
         steps = ops.arange(self.num_clusters, dtype="float32") / (self.num_clusters - 1)
-        codebook = self._pin_zero(low + steps * (high - low))
+        # A dense kernel has no exact zeros, and a centroid held at 0 would
+        # waste one of its few values.
+        has_zeros = ops.any(ops.equal(values, 0.0))
+        codebook = self._pin_zero(low + steps * (high - low), has_zeros)
 
         for _ in range(self.num_iterations):
             assignment = self._assign(values, codebook)
@@ -255,7 +262,7 @@ class KMeansQuantizer(Quantizer):
             sums = ops.sum(one_hot * values[:, None], axis=0)
             # An empty cluster keeps its centroid instead of dividing by 0.
             means = sums / ops.maximum(counts, 1.0)
-            codebook = self._pin_zero(ops.where(counts > 0, means, codebook))
+            codebook = self._pin_zero(ops.where(counts > 0, means, codebook), has_zeros)
 
         codes = ops.reshape(self._assign(values, codebook), ops.shape(x))
         return ops.cast(codes, "float32"), {"codebook": codebook}
@@ -266,11 +273,10 @@ class KMeansQuantizer(Quantizer):
     def _assign(self, values, codebook):
         return ops.argmin(ops.abs(values[:, None] - codebook[None, :]), axis=1)
 
-    def _pin_zero(self, codebook):
+    def _pin_zero(self, codebook, has_zeros):
         nearest = ops.argmin(ops.abs(codebook))
-        return ops.where(
-            ops.arange(self.num_clusters) == nearest, 0.0, codebook
-        )
+        pinned = ops.logical_and(ops.arange(self.num_clusters) == nearest, has_zeros)
+        return ops.where(pinned, 0.0, codebook)
 
     def get_config(self):
         return {"num_clusters": self.num_clusters, "num_iterations": self.num_iterations}

@@ -100,7 +100,12 @@ def test_power_of_two_zero_tensor():
 
 def test_kmeans_cluster_count(rng):
     x = rng.normal(size=(200,)).astype("float32")
-    out = to_numpy(KMeansQuantizer(num_clusters=8)(x))
+    quantizer = KMeansQuantizer(num_clusters=8)
+    out = to_numpy(quantizer(x))
+    _, params = quantizer.quantize(x)
+    # The straight-through call gives exactly the centroids, not values off
+    # by float32 rounding.
+    assert set(np.unique(out)) <= set(to_numpy(params["codebook"]))
     assert len(np.unique(out)) <= 8
     assert np.abs(out - x).mean() < 0.2
 
@@ -110,6 +115,20 @@ def test_kmeans_keeps_zeros(rng):
     x[::3] = 0.0
     out = to_numpy(KMeansQuantizer(num_clusters=4)(x))
     assert np.all(out[::3] == 0.0)
+
+
+def test_kmeans_without_zeros_matches_sklearn_lloyd(rng):
+    # No exact zeros, so no centroid is held at 0: the result is plain
+    # Lloyd iteration from the linear initialization, as in scikit-learn.
+    from sklearn.cluster import KMeans
+
+    x = rng.normal(size=(500,)).astype("float32")
+    x = x[x != 0.0]
+    initial = np.linspace(x.min(), x.max(), 4)[:, None]
+    _, params = KMeansQuantizer(num_clusters=4, num_iterations=100).quantize(x)
+    reference = KMeans(4, init=initial, n_init=1, max_iter=100, tol=0.0, algorithm="lloyd")
+    centers = reference.fit(x[:, None].astype("float64")).cluster_centers_.ravel()
+    np.testing.assert_allclose(np.sort(to_numpy(params["codebook"])), np.sort(centers), atol=1e-4)
 
 
 def test_kmeans_matches_sklearn(rng):
