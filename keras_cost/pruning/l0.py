@@ -1,6 +1,7 @@
 """L0 regularization with hard-concrete gates on output units."""
 
 import math
+import numbers
 
 import keras
 import numpy as np
@@ -65,10 +66,24 @@ class L0Gate(keras.layers.Wrapper):
                 "L0Gate gates output units of Dense and Conv1D/2D/3D layers. "
                 f"Received: layer={layer!r} of type {type(layer).__name__}"
             )
-        if isinstance(l0_lambda, bool) or not isinstance(l0_lambda, (int, float)):
+        # numbers.Real accepts NumPy scalars such as np.float32(1e-4).
+        if isinstance(l0_lambda, bool) or not isinstance(l0_lambda, numbers.Real):
             raise TypeError(f"`l0_lambda` must be a number. Received: l0_lambda={l0_lambda!r}")
         if not (l0_lambda >= 0 and math.isfinite(l0_lambda)):
-            raise ValueError(f"`l0_lambda` must be >= 0. Received: l0_lambda={l0_lambda}")
+            raise ValueError(
+                "`l0_lambda` must be a finite number >= 0, for example 1e-4. "
+                f"Received: l0_lambda={l0_lambda}"
+            )
+        if isinstance(initial_log_alpha, bool) or not isinstance(initial_log_alpha, numbers.Real):
+            raise TypeError(
+                "`initial_log_alpha` must be a number. "
+                f"Received: initial_log_alpha={initial_log_alpha!r}"
+            )
+        if not math.isfinite(initial_log_alpha):
+            raise ValueError(
+                "`initial_log_alpha` must be finite, for example 3.0. "
+                f"Received: initial_log_alpha={initial_log_alpha}"
+            )
         if activation is None:
             activation = layer.activation
             layer.activation = keras.activations.linear

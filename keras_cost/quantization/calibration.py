@@ -120,7 +120,21 @@ def _check_array(name, tensor, array):
             f"converted (for int16 audio, for example, x.astype('float32') / 32768) "
             f"before passing it. Received: dtype={array.dtype}"
         )
-    if array.ndim == len(expected_shape) - 1:
+    # Images and sequences have a channel axis after the batch and spatial
+    # axes, and a single-channel one is easy to drop.
+    channel_missing = (
+        len(expected_shape) >= 3
+        and expected_shape[-1] == 1
+        and array.ndim == len(expected_shape) - 1
+        and _matches(array.shape[1:], expected_shape[1:-1])
+    )
+    if channel_missing:
+        raise ValueError(
+            f"`representative_data` for input '{name}' has shape {array.shape}, but the "
+            f"input expects shape {expected_shape}. It looks like the channel axis is "
+            "missing: add it with x[..., np.newaxis]."
+        )
+    if array.ndim == len(expected_shape) - 1 and _matches(array.shape, expected_shape[1:]):
         example_shape = ", ".join("-1" if size is None else str(size) for size in expected_shape)
         raise ValueError(
             f"`representative_data` for input '{name}' has shape {array.shape}, but the "
@@ -152,3 +166,10 @@ def _check_array(name, tensor, array):
             "would make the calibrated ranges NaN. Remove or replace those values."
         )
     return array.astype(expected_dtype, copy=False)
+
+
+def _matches(shape, expected):
+    """Return whether `shape` equals `expected`, where `None` in `expected` matches any size."""
+    return len(shape) == len(expected) and all(
+        size is None or size == actual for size, actual in zip(expected, shape)
+    )

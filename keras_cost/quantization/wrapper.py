@@ -1,5 +1,7 @@
 """`QuantizeWrapper`: quantization-aware training of one Dense or convolution layer."""
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -211,7 +213,9 @@ def _check_layer(layer):
 
 
 def _check_num_bits(num_bits, name="num_bits"):
-    if isinstance(num_bits, bool) or not isinstance(num_bits, int) or not 2 <= num_bits <= 8:
+    # numbers.Integral accepts NumPy integers too, as from np.arange(2, 9).
+    is_integer = isinstance(num_bits, numbers.Integral) and not isinstance(num_bits, bool)
+    if not is_integer or not 2 <= num_bits <= 8:
         raise ValueError(
             f"`{name}` must be an integer from 2 to 8 (TFLite runs 8-bit integer "
             f"kernels). Received: {name}={num_bits!r}"

@@ -122,3 +122,20 @@ def test_l0_train_strip_shrink():
     assert small.layers[0].units == 24 - closed
     np.testing.assert_allclose(stripped.predict(x, verbose=0), gated.predict(x, verbose=0), atol=1e-5)
     np.testing.assert_allclose(small.predict(x, verbose=0), gated.predict(x, verbose=0), atol=1e-4)
+
+
+def test_numpy_lambda_accepted():
+    gate = L0Gate(keras.layers.Dense(2), l0_lambda=np.float32(1e-4))
+    assert gate.l0_lambda == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"l0_lambda": float("inf")}, "finite number >= 0.*l0_lambda=inf"),
+        ({"l0_lambda": 1e-4, "initial_log_alpha": float("nan")}, "initial_log_alpha=nan"),
+    ],
+)
+def test_non_finite_settings_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        L0Gate(keras.layers.Dense(2), **kwargs)

@@ -340,3 +340,11 @@ def test_concatenate_inputs_through_nesting_and_reshape(classifier, rng):
         TFLiteModel(flatbuffer).predict(x).argmax(1) == qat.predict(x, verbose=0).argmax(1)
     )
     assert agreement >= 0.98
+
+
+def test_missing_channel_axis_named():
+    # (200, 8, 8) images for an (8, 8, 1) input: 200 is the batch, the
+    # channel axis is what is missing.
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"channel axis is missing.*x\[\.\.\., np\.newaxis\]"):
+        export_tflite(model, quantize="int8", representative_data=np.zeros((200, 8, 8), "float32"))

@@ -333,3 +333,10 @@ def test_weight_and_output_bits_are_separate(rng):
     steps = outputs / 0.01
     np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
     assert len(np.unique(outputs)) > 16
+
+
+def test_numpy_integer_bits_accepted():
+    # A sweep such as `for bits in np.arange(2, 9)` passes NumPy integers.
+    layer = QuantizeWrapper(keras.layers.Dense(2), num_bits=np.int64(4), activation_bits=np.int32(6))
+    assert (layer.num_bits, layer.activation_bits) == (4, 6)
+    assert type(layer.get_config()["num_bits"]) is int
