@@ -34,10 +34,11 @@ extra epochs.
 
 Zipped sizes are zlib level 9 sizes. The float size zips the raw float32
 bytes of all weights (kernels and biases) in `model.get_weights()` order.
-The clustered size zips, per layer in the same order, the kernel's cluster
-indices packed two per byte (4 bits each, row-major, the first index in the
-low nibble, an odd count padded with one zero nibble) followed by its 16
-float32 centroids, then the float32 bias, which clustering leaves as is.
+The clustered size zips, per layer in the same order, three parts. First the
+kernel's cluster indices, packed two per byte: 4 bits each, row-major, the
+first index in the low nibble, and an odd count padded with one zero nibble.
+Then its 16 float32 centroids, and then the float32 bias, which clustering
+leaves as is.
 
 Usage:
     python benchmarks/quantization_acceptance.py [--seeds 5] [--quick] [--model cnn|mlp]

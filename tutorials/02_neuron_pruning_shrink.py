@@ -262,8 +262,8 @@ print(table)
 # baseline's test accuracy of 0.975: 4.6x fewer parameters than the
 # baseline. With `l0_lambda=3e-4` it kept 62 and 8 units, at 0.819.
 # Unlike the fixed 75% above, L0 removed a larger share of the second
-# layer than of the first: a second-layer unit has 257 weights to pay for
-# and a first-layer unit 65, and training decided where units were worth
+# layer than of the first. A second-layer unit has 257 weights to pay for
+# and a first-layer unit 65, so training decided where units were worth
 # their price. Raise `l0_lambda` for a smaller model, lower it for a more
 # accurate one.
 

@@ -66,27 +66,13 @@ class L0Gate(keras.layers.Wrapper):
                 "L0Gate gates output units of Dense and Conv1D/2D/3D layers. "
                 f"Received: layer={layer!r} of type {type(layer).__name__}"
             )
-        # numbers.Real accepts NumPy scalars such as np.float32(1e-4).
-        if isinstance(l0_lambda, bool) or not isinstance(l0_lambda, numbers.Real):
-            raise TypeError(f"`l0_lambda` must be a number. Received: l0_lambda={l0_lambda!r}")
-        if not (l0_lambda >= 0 and math.isfinite(l0_lambda)):
-            raise ValueError(
-                "`l0_lambda` must be a finite number >= 0, for example 1e-4. "
-                f"Received: l0_lambda={l0_lambda}"
-            )
-        if isinstance(initial_log_alpha, bool) or not isinstance(initial_log_alpha, numbers.Real):
-            raise TypeError(
-                "`initial_log_alpha` must be a number. "
-                f"Received: initial_log_alpha={initial_log_alpha!r}"
-            )
-        if not math.isfinite(initial_log_alpha):
-            raise ValueError(
-                "`initial_log_alpha` must be finite, for example 3.0. "
-                f"Received: initial_log_alpha={initial_log_alpha}"
-            )
+        _check_finite_number("l0_lambda", l0_lambda, example="1e-4", non_negative=True)
+        _check_finite_number("initial_log_alpha", initial_log_alpha, example="3.0")
+
         if activation is None:
             activation = layer.activation
             layer.activation = keras.activations.linear
+
         super().__init__(layer, **kwargs)
         self.l0_lambda = float(l0_lambda)
         self.initial_log_alpha = float(initial_log_alpha)
@@ -248,3 +234,12 @@ def fold_gate(gate):
     if gate.layer.use_bias:
         weights[1] = weights[1] * gates
     return config, weights
+
+
+def _check_finite_number(name, value, example, non_negative=False):
+    # numbers.Real accepts NumPy scalars such as np.float32(1e-4).
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number. Received: {name}={value!r}")
+    if not math.isfinite(value) or (non_negative and value < 0):
+        bound = "a finite number >= 0" if non_negative else "a finite number"
+        raise ValueError(f"`{name}` must be {bound}, for example {example}. Received: {name}={value}")

@@ -216,8 +216,8 @@ class KMeansQuantizer(Quantizer):
     The centroids start evenly spaced over `[min, max]` (linear
     initialization) and are refined by `num_iterations` Lloyd steps in
     one dimension. When the tensor contains exact zeros, such as pruned
-    weights, one centroid is held at exactly 0 so that they stay zero;
-    otherwise all centroids are free. Codes are centroid indices, so a tensor is
+    weights, one centroid is held at exactly 0 so that they stay zero.
+    Otherwise all centroids are free. Codes are centroid indices, so a tensor is
     stored as `log2(num_clusters)` bits per value plus the codebook.
 
     Args:
