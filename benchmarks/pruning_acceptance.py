@@ -10,9 +10,9 @@ experiments below start from that dense model and report test accuracy
    final sparsity;
 3. the same at 90% with `scope="global"`;
 4. size of the stripped 80% model: zlib level 9 of the float32 weights, of
-   its int8 `.tflite` file and of its weights rounded to int8 with numpy
-   (one symmetric scale per tensor), against zlib level 9 of the dense
-   float32 weights;
+   its weights rounded to int8 (`model_cost(...).zipped_int8_bytes`, one
+   symmetric scale per output channel) and of its int8 `.tflite` file,
+   against zlib level 9 of the dense float32 weights;
 5. L0 regularization (`l0_regularize`) for each `Settings.l0_lambdas` value
    (or `--l0-lambdas`), then
    `strip_pruning` and `shrink`, and a fine-tune of the smaller model;
@@ -56,6 +56,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_cost.callbacks.prune import PruneCallback  # noqa: E402
+from keras_cost.cost import int8_weight_codes  # noqa: E402
+from keras_cost.cost import model_cost  # noqa: E402
 from keras_cost.datasets import load_digits  # noqa: E402
 from keras_cost.demo import build_student  # noqa: E402
 from keras_cost.pruning import ConstantSparsity  # noqa: E402
@@ -224,8 +226,8 @@ def sizes(dense, sparse, data):
     result = {
         "dense_zip": dense_zip,
         "sparse_zip": sparse_zip,
-        "numpy_int8_zip": zipped_size(_int8_weights(sparse)),
-        "numpy_int8_accuracy": _int8_weights_accuracy(sparse, data),
+        "int8_weights_zip": model_cost(sparse).zipped_int8_bytes,
+        "int8_weights_accuracy": _int8_weights_accuracy(sparse, data),
     }
     try:
         from keras_cost.quantization import export_tflite
@@ -238,27 +240,15 @@ def sizes(dense, sparse, data):
         result["dense_tflite_float_zip"] = len(zlib.compress(export_tflite(dense), 9))
     except Exception as error:  # noqa: BLE001
         # The export belongs to another module. Its failure is reported in
-        # the results, and the numpy int8 size replaces it.
+        # the results, and the int8 weights size replaces it.
         result["tflite_error"] = f"{type(error).__name__}: {error}"
     return result
 
 
-def _int8_weights(model):
-    """Quantize each weight tensor to int8, symmetric with one scale per tensor."""
-    arrays = []
-    for weight in model.get_weights():
-        scale = float(np.max(np.abs(weight))) / 127.0 or 1.0
-        arrays.append(np.clip(np.round(weight / scale), -127, 127).astype(np.int8))
-        arrays.append(np.float32(scale))
-    return arrays
-
-
 def _int8_weights_accuracy(model, data):
-    """Return the test accuracy with the weights rounded as `_int8_weights` does."""
-    arrays = _int8_weights(model)
-    dequantized = [values * scale for values, scale in zip(arrays[::2], arrays[1::2])]
+    """Return the test accuracy with the weights that `zipped_int8_bytes` stores."""
     copy = copy_model(model)
-    copy.set_weights([values.astype("float32") for values in dequantized])
+    copy.set_weights([int8_weight_codes(weight)[2] for weight in model.get_weights()])
     return accuracy(copy, data)
 
 
@@ -493,18 +483,17 @@ def report(results, settings, model_kind, seconds):
             f"| int8 .tflite of 80% sparse, accuracy | drop {mean:.2f} "
             f"| drop {worst:.2f} | - | - |"
         )
-    ratios = [r["sizes"]["dense_zip"] / r["sizes"]["numpy_int8_zip"] for r in results]
+    ratios = [r["sizes"]["dense_zip"] / r["sizes"]["int8_weights_zip"] for r in results]
     lines.append(
-        f"| zipped dense float32 weights / zipped numpy int8 weights (per-tensor "
-        f"symmetric) of 80% sparse | {statistics.mean(ratios):.2f}x | {min(ratios):.2f}x "
-        f"| >= 9x | {_verdict(min(ratios) >= 9)} |"
+        f"| zipped dense float32 weights / zipped int8 weights of 80% sparse "
+        f"(`model_cost(...).zipped_int8_bytes`) | {statistics.mean(ratios):.2f}x "
+        f"| {min(ratios):.2f}x | >= 9x | {_verdict(min(ratios) >= 9)} |"
     )
-    mean, worst = _mean_worst_drop(results, lambda r: r["sizes"]["numpy_int8_accuracy"])
+    mean, worst = _mean_worst_drop(results, lambda r: r["sizes"]["int8_weights_accuracy"])
     lines.append(
-        f"| numpy int8 weights of 80% sparse, accuracy | drop {mean:.2f} "
+        f"| int8 weights of 80% sparse (`int8_weight_codes`), accuracy | drop {mean:.2f} "
         f"| drop {worst:.2f} | - | - |"
     )
-
     lines.extend(_structured_rows(results, settings))
     lines.append("")
     lines.append(f"Total run time {seconds / 60:.1f} min.")

@@ -9,6 +9,7 @@ from keras_cost.cost.compare import compare
 from keras_cost.cost.compare import plot_tradeoff
 from keras_cost.cost.flops import count_flops
 from keras_cost.cost.report import ModelCost
+from keras_cost.cost.report import int8_weight_codes
 from keras_cost.cost.report import measure_tflite_latency
 from keras_cost.cost.report import model_cost
 
@@ -17,6 +18,7 @@ __all__ = [
     "compare",
     "count_flops",
     "flops",
+    "int8_weight_codes",
     "measure_tflite_latency",
     "model_cost",
     "plot_tradeoff",

@@ -14,6 +14,7 @@ _COLUMNS = [
     ("float32 bytes", "float32_bytes"),
     ("int8 bytes", "int8_bytes"),
     ("zipped bytes", "zipped_bytes"),
+    ("zipped int8 bytes", "zipped_int8_bytes"),
     ("file bytes", "file_bytes"),
     ("latency / example", "latency_seconds"),
 ]

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from keras_cost.cost.flops import count_flops
+from keras_cost.quantization.quantizers import LinearQuantizer
 
 FLOAT32_BYTES = 4
 SCALE_BYTES = 4
@@ -39,6 +40,9 @@ class ModelCost:
             or more, and one float32 scale per other weight tensor.
         zipped_bytes: zlib level 9 size of the float32 weight bytes, or of
             the file for a `.tflite` model.
+        zipped_int8_bytes: zlib level 9 size of the weights rounded to int8,
+            stored as `int8_bytes` counts them: one byte per weight and the
+            float32 scales. See `model_cost` for the rounding.
         file_bytes: Size of the `.tflite` file.
         latency_seconds: Median LiteRT `invoke` time per example.
 
@@ -64,6 +68,7 @@ class ModelCost:
     float32_bytes: int | None = None
     int8_bytes: int | None = None
     zipped_bytes: int | None = None
+    zipped_int8_bytes: int | None = None
     file_bytes: int | None = None
     latency_seconds: float | None = None
 
@@ -102,6 +107,7 @@ _MARKDOWN_ROWS = [
     ("float32 bytes", "float32_bytes"),
     ("int8 bytes", "int8_bytes"),
     ("zipped bytes", "zipped_bytes"),
+    ("zipped int8 bytes", "zipped_int8_bytes"),
     ("file bytes", "file_bytes"),
     ("latency per example", "latency_seconds"),
 ]
@@ -116,6 +122,48 @@ def format_value(key, value):
     if key == "sparsity":
         return f"{value:.1%}"
     return f"{value:,}"
+
+
+def int8_weight_codes(weight):
+    """Round one weight array to int8 as `model_cost` stores it.
+
+    The rounding is `LinearQuantizer(num_bits=8, symmetric=True,
+    narrow_range=True)`, with one scale per output channel (last axis) for
+    a weight of rank 2 or more and one scale for the whole tensor
+    otherwise. So 0.0 maps to one code, and the zeros that pruning leaves
+    compress as well as they do in float32.
+
+    Args:
+        weight: A weight array of any float dtype.
+
+    Returns:
+        `(codes, scales, values)`: the 8-bit codes as a `uint8` array of the
+        weight's shape, the float32 scales, and the float32 values the codes
+        stand for.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_cost.cost import int8_weight_codes
+    >>> codes, scales, values = int8_weight_codes(np.array([0.0, 1.27, -0.5]))
+    >>> codes.tolist(), scales.tolist()
+    ([128, 255, 78], [0.009999999776482582])
+    >>> bool(np.all(np.abs(values - [0.0, 1.27, -0.5]) <= scales / 2))
+    True
+    """
+    weight = np.asarray(weight, dtype="float32")
+    quantizer = LinearQuantizer(
+        num_bits=8, symmetric=True, narrow_range=True, per_channel=weight.ndim >= 2
+    )
+    codes, params = quantizer.quantize(weight)
+    values = quantizer.dequantize(codes, params)
+    scales = np.asarray(params["scale"], dtype="float32").reshape(-1)
+    return np.asarray(codes).astype(np.uint8), scales, np.asarray(values, dtype="float32")
+
+
+def _int8_blob(weight):
+    codes, scales, _ = int8_weight_codes(weight)
+    return codes.tobytes() + scales.tobytes()
 
 
 def _int8_bytes(weight):
@@ -144,6 +192,9 @@ def _keras_cost(model, name, input_shape):
         float32_bytes=FLOAT32_BYTES * int(sum(a.size for a in arrays)),
         int8_bytes=int(sum(_int8_bytes(a) for a in arrays)),
         zipped_bytes=len(zlib.compress(float32_blob, ZLIB_LEVEL)),
+        zipped_int8_bytes=len(
+            zlib.compress(b"".join(_int8_blob(a) for a in arrays), ZLIB_LEVEL)
+        ),
     )
 
 
@@ -224,7 +275,9 @@ def model_cost(model_or_tflite, *, name=None, input_shape=None, latency_runs=20)
     estimate of a weight-quantized file: 1 byte per weight, plus a float32
     scale per output channel of each kernel (rank 2 or more) and per other
     weight tensor. The zipped size is `zlib.compress(weights, 9)` of all
-    weights as float32 bytes, so exact zeros left by pruning shrink it.
+    weights as float32 bytes, so exact zeros left by pruning shrink it. The
+    zipped int8 size is the same for the weights rounded by
+    `int8_weight_codes`: the codes and scales that `int8_bytes` counts.
 
     For a `.tflite` file (a path or the bytes): the file size, its zlib
     level 9 size, and the median LiteRT latency per example.

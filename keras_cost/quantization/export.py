@@ -6,8 +6,15 @@ import warnings
 
 import keras
 import tensorflow as tf
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter
 
 from keras_cost.quantization import calibration
+
+# A range below this many float units is the converter's stand-in for an
+# activation that was 0 on every calibration example.
+_EMPTY_RANGE = 1e-5
+_INT8_LEVELS = 255
 
 
 class ExportMode:
@@ -146,7 +153,9 @@ def export_tflite(model, path=None, representative_data=None, quantize=None, io_
         ValueError: If `quantize` or `io_dtype` is unknown, if
             `representative_data` is missing for `"int8"` or given for another
             mode, if it does not match the model's inputs, or if the inputs of
-            a subclassed model are unknown.
+            a subclassed model are unknown, or if LiteRT cannot prepare the
+            int8 model, usually because an activation was 0 on all of
+            `representative_data`. No file is written then.
 
     Example:
 
@@ -189,10 +198,59 @@ def export_tflite(model, path=None, representative_data=None, quantize=None, io_
         converter = _make_converter(model, folder)
         mode.configure(converter, representative_dataset, io_dtype)
         flatbuffer = converter.convert()
+    if mode.uses_representative_data:
+        _check_runs_in_litert(flatbuffer)
 
     if path is not None:
         write_atomically(path, flatbuffer)
     return flatbuffer
+
+
+def _check_runs_in_litert(flatbuffer):
+    """Raise a clear error if LiteRT cannot prepare the int8 flatbuffer.
+
+    The usual cause is an activation that was 0 on every calibration
+    example. The converter gives it a range of about 2e-6, and LiteRT's
+    XNNPACK delegate then refuses the op that reads it with "failed to
+    create XNNPACK runtime". A dead layer fed by another dead layer still
+    runs, so the interpreter decides, and the empty ranges are named.
+    Trained ranges never get this small, because `QuantizeWrapper` keeps
+    them at least `MIN_RANGE` wide.
+    """
+    try:
+        Interpreter(model_content=flatbuffer).allocate_tensors()
+    except (RuntimeError, ValueError) as error:
+        empty = _empty_activation_ranges(flatbuffer)
+        if not empty:
+            raise ValueError(
+                f"LiteRT cannot prepare the converted int8 model: {error}. No file was written."
+            ) from error
+        listed = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        raise ValueError(
+            "The int8 model has activations that were 0 on all of `representative_data`, "
+            "so their int8 range is empty and LiteRT cannot run the file: "
+            f"{listed}. Pass representative_data that reaches these layers with "
+            "typical values (preprocessed as in training), or remove the dead units, for "
+            "example with PruneCallback(criterion='activation', granularity='neuron') "
+            f"and shrink. No file was written. LiteRT said: {error}"
+        ) from error
+
+
+def _empty_activation_ranges(flatbuffer):
+    model = schema.Model.GetRootAs(flatbuffer, 0)
+    subgraph = model.Subgraphs(0)
+    empty = []
+    for index in range(subgraph.TensorsLength()):
+        tensor = subgraph.Tensors(index)
+        quantization = tensor.Quantization()
+        if quantization is None or quantization.ScaleLength() == 0:
+            continue
+        if model.Buffers(tensor.Buffer()).DataLength() > 0:
+            continue  # A weight, not an activation.
+        scale = float(quantization.ScaleAsNumpy().min())
+        if scale * _INT8_LEVELS < _EMPTY_RANGE:
+            empty.append(f"'{tensor.Name().decode()}' (scale {scale:.1e})")
+    return empty
 
 
 def _make_converter(model, folder):

@@ -136,7 +136,9 @@ class LinearQuantizer(Quantizer):
         else:
             axes = None
         if self.symmetric:
-            bound = ops.max(ops.abs(x), axis=axes)
+            # The floor keeps an all-zero tensor symmetric, with 0 at the
+            # middle code like every other tensor.
+            bound = ops.maximum(ops.max(ops.abs(x), axis=axes), MIN_RANGE / 2)
             x_min, x_max = -bound, bound
         else:
             x_min = ops.min(x, axis=axes)

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from keras_cost.cost import ModelCost
+from keras_cost.cost import int8_weight_codes
 from keras_cost.cost import measure_tflite_latency
 from keras_cost.cost import model_cost
 from keras_cost.quantization import QuantizeWrapper
@@ -56,6 +57,35 @@ def test_zipped_bytes_is_zlib_of_weights():
     model = _dense(4, 3)
     blob = b"".join(np.asarray(w).astype("float32").tobytes() for w in model.get_weights())
     assert model_cost(model).zipped_bytes == len(zlib.compress(blob, 9))
+
+
+def test_int8_codes_hand_values():
+    weight = np.array([[0.0, 1.27], [-0.5, 0.64]], dtype="float32")
+    codes, scales, values = int8_weight_codes(weight)
+    # One scale per column: max |w| / 127. Zero is code 128.
+    np.testing.assert_allclose(scales, [0.5 / 127, 0.01], rtol=1e-6)
+    assert codes.tolist() == [[128, 255], [1, 192]]
+    np.testing.assert_allclose(values, weight, atol=1e-6)
+
+
+def test_int8_codes_of_zeros():
+    codes, scales, values = int8_weight_codes(np.zeros((3, 2), dtype="float32"))
+    assert codes.tolist() == [[128, 128]] * 3
+    assert np.all(np.isfinite(scales))
+    assert np.all(scales > 0)
+    assert np.all(values == 0.0)
+
+
+def test_zipped_int8_bytes_numpy_reference():
+    model = _dense(4, 3)
+    model.layers[0].bias.assign([0.5, -0.25, 0.1])
+    blob = b""
+    for weight in model.get_weights():
+        axes = tuple(range(weight.ndim - 1)) if weight.ndim >= 2 else None
+        scales = (np.max(np.abs(weight), axis=axes) / 127).astype("float32")
+        codes = np.round(weight / scales) + 128
+        blob += codes.astype(np.uint8).tobytes() + np.atleast_1d(scales).tobytes()
+    assert model_cost(model).zipped_int8_bytes == len(zlib.compress(blob, 9))
 
 
 def test_nonzero_counts_pruned_zeros():

@@ -348,3 +348,23 @@ def test_missing_channel_axis_named():
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match=r"channel axis is missing.*x\[\.\.\., np\.newaxis\]"):
         export_tflite(model, quantize="int8", representative_data=np.zeros((200, 8, 8), "float32"))
+
+
+def test_dead_relu_after_live_layer_named_before_writing(tmp_path):
+    # The ReLU never fires on the calibration data, so the converter gives it
+    # an empty range that LiteRT's XNNPACK delegate cannot prepare.
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(
+                3, activation="relu", bias_initializer=keras.initializers.Constant(-100.0)
+            ),
+            keras.layers.Dense(2),
+        ]
+    )
+    x = np.random.default_rng(0).random((32, 4)).astype("float32")
+    path = tmp_path / "model.tflite"
+    path.write_bytes(b"good")
+    with pytest.raises(ValueError, match=r"were 0 on all of `representative_data`.*Relu"):
+        export_tflite(model, path=path, representative_data=x, quantize="int8")
+    assert path.read_bytes() == b"good"
