@@ -54,7 +54,14 @@ class TFLiteModel:
     def __init__(self, model, signature_key=None, num_threads=None):
         content = _read_model(model)
         self._content = content
-        self._interpreter = Interpreter(model_content=content, num_threads=num_threads)
+        try:
+            self._interpreter = Interpreter(model_content=content, num_threads=num_threads)
+        except ValueError as error:
+            source = repr(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else "`model`"
+            raise ValueError(
+                f"{source} is not a TFLite model that LiteRT can load ({error}). Pass a "
+                "`.tflite` file or the bytes that `export_tflite` returns."
+            ) from error
         self.signature_key = _pick_signature(self._interpreter, signature_key)
         self._runner = self._interpreter.get_signature_runner(self.signature_key)
         self.input_details = _describe(self._runner.get_input_details())

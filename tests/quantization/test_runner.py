@@ -127,3 +127,10 @@ def test_bad_batch_size():
 def test_bad_model_type():
     with pytest.raises(TypeError, match="list"):
         TFLiteModel([1, 2])
+
+
+def test_corrupt_file_named(tmp_path):
+    path = tmp_path / "broken.tflite"
+    path.write_bytes(b"not a flatbuffer")
+    with pytest.raises(ValueError, match="broken.tflite' is not a TFLite model"):
+        TFLiteModel(path)
