@@ -230,15 +230,15 @@ def fold_weights(layer, batch_norm):
     """
     kernel_op = kernel_ops.get(layer)
     kernel_variable = getattr(layer, kernel_op.kernel_attribute)
-    kernel = keras.ops.convert_to_numpy(kernel_variable).astype("float64")
-    channels = keras.ops.convert_to_numpy(batch_norm.moving_mean).shape[0]
+    kernel = kernel_variable.numpy().astype("float64")
+    channels = batch_norm.moving_mean.numpy().shape[0]
     if layer.use_bias:
-        bias = keras.ops.convert_to_numpy(layer.bias).astype("float64")
+        bias = layer.bias.numpy().astype("float64")
     else:
         bias = np.zeros(channels)
 
-    mean = keras.ops.convert_to_numpy(batch_norm.moving_mean).astype("float64")
-    variance = keras.ops.convert_to_numpy(batch_norm.moving_variance).astype("float64")
+    mean = batch_norm.moving_mean.numpy().astype("float64")
+    variance = batch_norm.moving_variance.numpy().astype("float64")
     gamma = _optional_vector(batch_norm.gamma if batch_norm.scale else None, 1.0, channels)
     beta = _optional_vector(batch_norm.beta if batch_norm.center else None, 0.0, channels)
     factor = gamma / np.sqrt(variance + batch_norm.epsilon)
@@ -257,4 +257,4 @@ def fold_weights(layer, batch_norm):
 def _optional_vector(variable, default, channels):
     if variable is None:
         return np.full(channels, default)
-    return keras.ops.convert_to_numpy(variable).astype("float64")
+    return variable.numpy().astype("float64")
