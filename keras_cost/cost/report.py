@@ -42,7 +42,8 @@ class ModelCost:
             the file for a `.tflite` model.
         zipped_int8_bytes: zlib level 9 size of the weights rounded to int8,
             stored as `int8_bytes` counts them: one byte per weight and the
-            float32 scales. See `model_cost` for the rounding.
+            float32 scales. See `model_cost` for the rounding. `None` when a
+            weight holds NaN or inf.
         file_bytes: Size of the `.tflite` file.
         latency_seconds: Median LiteRT `invoke` time per example.
 
@@ -136,6 +137,10 @@ def int8_weight_codes(weight):
     Args:
         weight: A weight array of any float dtype.
 
+    Raises:
+        TypeError: If `weight` is `None` or a string.
+        ValueError: If `weight` contains NaN or inf.
+
     Returns:
         `(codes, scales, values)`: the 8-bit codes as a `uint8` array of the
         weight's shape, the float32 scales, and the float32 values the codes
@@ -151,7 +156,20 @@ def int8_weight_codes(weight):
     >>> bool(np.all(np.abs(values - [0.0, 1.27, -0.5]) <= scales / 2))
     True
     """
+    if weight is None or isinstance(weight, (str, bytes)):
+        raise TypeError(
+            f"int8_weight_codes needs a numeric weight array. Received: {weight!r}"
+        )
     weight = np.asarray(weight, dtype="float32")
+    if not np.all(np.isfinite(weight)):
+        raise ValueError(
+            "The weight contains NaN or inf, so it has no int8 rounding. Check the "
+            "training for divergence (for example a lower learning rate). Received: "
+            f"{np.count_nonzero(~np.isfinite(weight))} non-finite values of {weight.size}"
+        )
+    if weight.size == 0:
+        channels = weight.shape[-1] if weight.ndim >= 2 else 1
+        return weight.astype(np.uint8), np.ones(channels, "float32"), weight
     quantizer = LinearQuantizer(
         num_bits=8, symmetric=True, narrow_range=True, per_channel=weight.ndim >= 2
     )
@@ -164,6 +182,13 @@ def int8_weight_codes(weight):
 def _int8_blob(weight):
     codes, scales, _ = int8_weight_codes(weight)
     return codes.tobytes() + scales.tobytes()
+
+
+def _zipped_int8_bytes(arrays):
+    # A model whose training diverged has no int8 rounding to measure.
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        return None
+    return len(zlib.compress(b"".join(_int8_blob(a) for a in arrays), ZLIB_LEVEL))
 
 
 def _int8_bytes(weight):
@@ -192,9 +217,7 @@ def _keras_cost(model, name, input_shape):
         float32_bytes=FLOAT32_BYTES * int(sum(a.size for a in arrays)),
         int8_bytes=int(sum(_int8_bytes(a) for a in arrays)),
         zipped_bytes=len(zlib.compress(float32_blob, ZLIB_LEVEL)),
-        zipped_int8_bytes=len(
-            zlib.compress(b"".join(_int8_blob(a) for a in arrays), ZLIB_LEVEL)
-        ),
+        zipped_int8_bytes=_zipped_int8_bytes(arrays),
     )
 
 
@@ -299,7 +322,7 @@ def model_cost(model_or_tflite, *, name=None, input_shape=None, latency_runs=20)
     Raises:
         TypeError: If `model_or_tflite` is not one of the accepted types.
         ValueError: If the input shape of a Keras model is unknown, or the
-            path does not end in `.tflite`.
+            path does not end in `.tflite` or is not a TFLite model.
         FileNotFoundError: If the `.tflite` path does not exist.
 
     Example:
@@ -326,8 +349,21 @@ def model_cost(model_or_tflite, *, name=None, input_shape=None, latency_runs=20)
             )
         with open(path, "rb") as file:
             content = file.read()
+        _check_loads_in_litert(content, path)
         return _tflite_cost(content, name or os.path.basename(path), latency_runs)
     raise TypeError(
         "model_cost expects a keras.Model, a .tflite path or .tflite bytes. "
         f"Received: model_or_tflite of type {type(model_or_tflite).__name__}"
     )
+
+
+def _check_loads_in_litert(content, path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        Interpreter(model_content=content)
+    except ValueError as error:
+        raise ValueError(
+            f"{path!r} is not a TFLite model that LiteRT can load ({error}). Pass a "
+            "`.tflite` file written by export_tflite or the TFLite converter."
+        ) from error

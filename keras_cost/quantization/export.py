@@ -5,6 +5,7 @@ import tempfile
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
@@ -150,12 +151,13 @@ def export_tflite(model, path=None, representative_data=None, quantize=None, io_
 
     Raises:
         TypeError: If `model` is not a Keras 3 model.
-        ValueError: If `quantize` or `io_dtype` is unknown, if
-            `representative_data` is missing for `"int8"` or given for another
-            mode, if it does not match the model's inputs, or if the inputs of
-            a subclassed model are unknown, or if LiteRT cannot prepare the
-            int8 model, usually because an activation was 0 on all of
-            `representative_data`. No file is written then.
+        ValueError: If `quantize` or `io_dtype` is unknown. If
+            `representative_data` is missing for `"int8"`, given for another
+            mode, or does not match the model's inputs. If `path` is a folder
+            or its folder does not exist. If the inputs of a subclassed model
+            are unknown. If LiteRT cannot prepare or run the int8 model,
+            usually because an activation was 0 on all of
+            `representative_data`; no file is written then.
 
     Example:
 
@@ -187,6 +189,8 @@ def export_tflite(model, path=None, representative_data=None, quantize=None, io_
             f"ignored here. Remove it or pass quantize='int8'. Received: quantize={quantize!r}"
         )
 
+    if path is not None:
+        _check_output_path(path)
     model = _with_known_inputs(model)
     _warn_untrained_ranges(model)
     representative_dataset = None
@@ -207,7 +211,7 @@ def export_tflite(model, path=None, representative_data=None, quantize=None, io_
 
 
 def _check_runs_in_litert(flatbuffer):
-    """Raise a clear error if LiteRT cannot prepare the int8 flatbuffer.
+    """Raise a clear error if LiteRT cannot prepare or run the int8 flatbuffer.
 
     The usual cause is an activation that was 0 on every calibration
     example. The converter gives it a range of about 2e-6, and LiteRT's
@@ -218,12 +222,20 @@ def _check_runs_in_litert(flatbuffer):
     them at least `MIN_RANGE` wide.
     """
     try:
-        Interpreter(model_content=flatbuffer).allocate_tensors()
+        interpreter = Interpreter(model_content=flatbuffer)
+        interpreter.allocate_tensors()
+        # Some graphs (a dead ReLU after Flatten) prepare and fail only on
+        # the first run, so the check runs the model once on zeros.
+        for detail in interpreter.get_input_details():
+            interpreter.set_tensor(
+                detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"])
+            )
+        interpreter.invoke()
     except (RuntimeError, ValueError) as error:
         empty = _empty_activation_ranges(flatbuffer)
         if not empty:
             raise ValueError(
-                f"LiteRT cannot prepare the converted int8 model: {error}. No file was written."
+                f"LiteRT cannot run the converted int8 model: {error}. No file was written."
             ) from error
         listed = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
         raise ValueError(
@@ -239,6 +251,12 @@ def _check_runs_in_litert(flatbuffer):
 def _empty_activation_ranges(flatbuffer):
     model = schema.Model.GetRootAs(flatbuffer, 0)
     subgraph = model.Subgraphs(0)
+    output_names = {}
+    for signature_index in range(model.SignatureDefsLength()):
+        signature = model.SignatureDefs(signature_index)
+        for output_index in range(signature.OutputsLength()):
+            output = signature.Outputs(output_index)
+            output_names[output.TensorIndex()] = output.Name().decode()
     empty = []
     for index in range(subgraph.TensorsLength()):
         tensor = subgraph.Tensors(index)
@@ -249,7 +267,11 @@ def _empty_activation_ranges(flatbuffer):
             continue  # A weight, not an activation.
         scale = float(quantization.ScaleAsNumpy().min())
         if scale * _INT8_LEVELS < _EMPTY_RANGE:
-            empty.append(f"'{tensor.Name().decode()}' (scale {scale:.1e})")
+            if index in output_names:
+                name = f"model output '{output_names[index]}'"
+            else:
+                name = f"'{tensor.Name().decode()}'"
+            empty.append(f"{name} (scale {scale:.1e})")
     return empty
 
 
@@ -334,6 +356,22 @@ def _output_names(model):
     if len(model.outputs) == 1 and model.layers:
         return [model.layers[-1].name]
     return [f"output_{index}" for index in range(len(model.outputs))]
+
+
+def _check_output_path(path):
+    """Raise before conversion if `path` cannot receive the file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(
+            f"`path` must be a file path, but it is a folder. Pass a file name inside it, "
+            f"for example {os.path.join(path, 'model.tflite')!r}. Received: path={path!r}"
+        )
+    if not os.path.isdir(folder):
+        raise ValueError(
+            f"The folder of `path` does not exist: {folder!r}. Create it first, for "
+            f"example with os.makedirs({folder!r}). Received: path={path!r}"
+        )
 
 
 def write_atomically(path, content):

@@ -211,3 +211,35 @@ def test_int8_tflite_smaller_than_float():
     float_report = model_cost(_tflite_bytes(model), latency_runs=3)
     assert int8_report.file_bytes < 0.5 * float_report.file_bytes
     assert int8_report.latency_seconds > 0
+
+
+def test_int8_codes_reject_nan():
+    with pytest.raises(ValueError, match="NaN or inf"):
+        int8_weight_codes(np.array([1.0, np.nan]))
+
+
+def test_int8_codes_reject_none():
+    with pytest.raises(TypeError, match="numeric weight array"):
+        int8_weight_codes(None)
+
+
+def test_int8_codes_of_empty_weight():
+    codes, scales, values = int8_weight_codes(np.zeros((0, 3), "float32"))
+    assert codes.shape == (0, 3)
+    assert scales.tolist() == [1.0, 1.0, 1.0]
+    assert values.shape == (0, 3)
+
+
+def test_zipped_int8_bytes_none_for_nan_weights():
+    model = _dense(4, 3)
+    model.layers[0].bias.assign([np.nan, 0.0, 0.0])
+    report = model_cost(model)
+    assert report.zipped_int8_bytes is None
+    assert report.zipped_bytes > 0
+
+
+def test_tflite_path_not_a_model_named(tmp_path):
+    path = tmp_path / "notes.tflite"
+    path.write_text("not a model")
+    with pytest.raises(ValueError, match="notes.tflite' is not a TFLite model"):
+        model_cost(path)

@@ -350,7 +350,7 @@ def test_missing_channel_axis_named():
         export_tflite(model, quantize="int8", representative_data=np.zeros((200, 8, 8), "float32"))
 
 
-def test_dead_relu_after_live_layer_named_before_writing(tmp_path):
+def test_dead_relu_keeps_old_file(tmp_path):
     # The ReLU never fires on the calibration data, so the converter gives it
     # an empty range that LiteRT's XNNPACK delegate cannot prepare.
     model = keras.Sequential(
@@ -368,3 +368,32 @@ def test_dead_relu_after_live_layer_named_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"were 0 on all of `representative_data`.*Relu"):
         export_tflite(model, path=path, representative_data=x, quantize="int8")
     assert path.read_bytes() == b"good"
+
+
+def test_dead_relu_after_flatten_named():
+    # This graph prepares in LiteRT and fails only on its first run.
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(
+                32, activation="relu", bias_initializer=keras.initializers.Constant(-100.0)
+            ),
+            keras.layers.Dense(10),
+        ]
+    )
+    x = np.random.default_rng(0).random((64, 8, 8, 1)).astype("float32")
+    with pytest.raises(ValueError, match=r"were 0 on all of `representative_data`.*Relu"):
+        export_tflite(model, representative_data=x, quantize="int8")
+
+
+def test_path_folder_rejected(tmp_path):
+    with pytest.raises(ValueError, match="but it is a folder"):
+        export_tflite(dense_model(), path=tmp_path)
+
+
+def test_path_missing_folder_rejected(tmp_path):
+    path = tmp_path / "missing" / "model.tflite"
+    with pytest.raises(ValueError, match="folder of `path` does not exist"):
+        export_tflite(dense_model(), path=path)
+    assert not (tmp_path / "missing").exists()
