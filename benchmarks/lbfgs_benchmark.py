@@ -6,7 +6,9 @@ cross-entropy plus `l2 * (||W1||^2 + ||W2||^2)`. The L2 strength is tuned
 first with scipy's L-BFGS-B on a validation split of the training set.
 For each method the script prints the final training objective, the test
 accuracy and the wall time of training (for Keras `fit`, the time includes
-tracing the train function).
+tracing the train function). A floor row times `fit` alone: as many steps
+of a plain gradient step with learning rate 0, which is what one L-BFGS
+iteration per step costs before any L-BFGS work.
 
 Run:
     python benchmarks/lbfgs_benchmark.py
@@ -233,6 +235,17 @@ def main():
     )
     evaluations = model.optimizer.function_evaluations
     rows.append(("keras-cost LBFGS, dataset, 1 epoch in all", objective, accuracy, seconds, evaluations))
+
+    # What fit alone costs for as many steps: a plain gradient step of
+    # learning rate 0 on the same full batch, tracing included. It does not
+    # train, so its loss and accuracy are those of the start point.
+    _, objective, accuracy, seconds = run_keras(
+        keras.optimizers.SGD(0.0),
+        dataset, x, y, x_test, y_test, l2, start,
+        steps_per_epoch=args.max_iterations, epochs=1,
+    )
+    name = f"floor: Keras fit, SGD(0.0) on the same dataset, {args.max_iterations} steps"
+    rows.append((name, objective, accuracy, seconds, None))
 
     for name, optimizer in (
         ("Keras Adam (lr 1e-2)", keras.optimizers.Adam(1e-2)),
