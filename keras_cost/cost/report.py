@@ -360,6 +360,11 @@ def model_cost(model_or_tflite, *, name=None, input_shape=None, latency_runs=20)
 def _check_loads_in_litert(content, path):
     from ai_edge_litert.interpreter import Interpreter
 
+    if not content:
+        raise ValueError(
+            f"{path!r} is empty (0 bytes), so it holds no TFLite model. Pass a `.tflite` "
+            "file written by export_tflite or the TFLite converter."
+        )
     try:
         Interpreter(model_content=content)
     except ValueError as error:

@@ -54,10 +54,15 @@ class TFLiteModel:
     def __init__(self, model, signature_key=None, num_threads=None):
         content = _read_model(model)
         self._content = content
+        source = repr(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else "`model`"
+        if not content:
+            raise ValueError(
+                f"{source} is empty (0 bytes), so it holds no TFLite model. Pass a "
+                "`.tflite` file or the bytes that `export_tflite` returns."
+            )
         try:
             self._interpreter = Interpreter(model_content=content, num_threads=num_threads)
         except ValueError as error:
-            source = repr(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else "`model`"
             raise ValueError(
                 f"{source} is not a TFLite model that LiteRT can load ({error}). Pass a "
                 "`.tflite` file or the bytes that `export_tflite` returns."

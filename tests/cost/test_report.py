@@ -243,3 +243,10 @@ def test_tflite_path_not_a_model_named(tmp_path):
     path.write_text("not a model")
     with pytest.raises(ValueError, match="notes.tflite' is not a TFLite model"):
         model_cost(path)
+
+
+def test_tflite_empty_file_named(tmp_path):
+    path = tmp_path / "empty.tflite"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.tflite' is empty \(0 bytes\)"):
+        model_cost(path)

@@ -134,3 +134,10 @@ def test_corrupt_file_named(tmp_path):
     path.write_bytes(b"not a flatbuffer")
     with pytest.raises(ValueError, match="broken.tflite' is not a TFLite model"):
         TFLiteModel(path)
+
+
+def test_empty_file_named(tmp_path):
+    path = tmp_path / "empty.tflite"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.tflite' is empty \(0 bytes\)"):
+        TFLiteModel(path)
