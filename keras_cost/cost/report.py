@@ -11,6 +11,7 @@ import numpy as np
 
 from keras_cost.cost.flops import count_flops
 from keras_cost.quantization.quantizers import LinearQuantizer
+from keras_cost.quantization.runner import load_interpreter
 
 FLOAT32_BYTES = 4
 SCALE_BYTES = 4
@@ -43,7 +44,7 @@ class ModelCost:
         zipped_int8_bytes: zlib level 9 size of the weights rounded to int8,
             stored as `int8_bytes` counts them: one byte per weight and the
             float32 scales. See `model_cost` for the rounding. `None` when a
-            weight holds NaN or inf.
+            weight contains NaN or inf.
         file_bytes: Size of the `.tflite` file.
         latency_seconds: Median LiteRT `invoke` time per example.
 
@@ -137,14 +138,14 @@ def int8_weight_codes(weight):
     Args:
         weight: A weight array of any float dtype.
 
-    Raises:
-        TypeError: If `weight` is `None` or a string.
-        ValueError: If `weight` contains NaN or inf.
-
     Returns:
         `(codes, scales, values)`: the 8-bit codes as a `uint8` array of the
         weight's shape, the float32 scales, and the float32 values the codes
-        stand for.
+        represent.
+
+    Raises:
+        TypeError: If `weight` is `None` or a string.
+        ValueError: If `weight` contains NaN or inf.
 
     Example:
 
@@ -158,12 +159,12 @@ def int8_weight_codes(weight):
     """
     if weight is None or isinstance(weight, (str, bytes)):
         raise TypeError(
-            f"int8_weight_codes needs a numeric weight array. Received: {weight!r}"
+            f"Invalid weight: int8_weight_codes expects a numeric array. Received: {weight!r}"
         )
     weight = np.asarray(weight, dtype="float32")
     if not np.all(np.isfinite(weight)):
         raise ValueError(
-            "The weight contains NaN or inf, so it has no int8 rounding. Check the "
+            "Invalid weight: it contains NaN or inf, so it has no int8 rounding. Check the "
             "training for divergence (for example a lower learning rate). Received: "
             f"{np.count_nonzero(~np.isfinite(weight))} non-finite values of {weight.size}"
         )
@@ -238,7 +239,8 @@ def measure_tflite_latency(model_content, runs=20, num_threads=1):
         Median seconds per example.
 
     Raises:
-        ValueError: If `runs` or `num_threads` is not a positive integer.
+        ValueError: If `runs` or `num_threads` is not a positive integer, or
+            `model_content` is empty or not a valid TFLite model.
 
     Example:
 
@@ -253,15 +255,17 @@ def measure_tflite_latency(model_content, runs=20, num_threads=1):
     >>> latency > 0.0
     True
     """
+    return _measure_latency(model_content, runs, num_threads, "`model_content`")
+
+
+def _measure_latency(content, runs, num_threads, source):
     if not isinstance(runs, int) or runs < 1:
         raise ValueError(f"runs must be a positive integer. Received: runs={runs!r}")
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(
             f"num_threads must be a positive integer. Received: num_threads={num_threads!r}"
         )
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=model_content, num_threads=num_threads)
+    interpreter = load_interpreter(content, source, num_threads=num_threads)
     interpreter.allocate_tensors()
     input_details = interpreter.get_input_details()
     for detail in input_details:
@@ -277,13 +281,13 @@ def measure_tflite_latency(model_content, runs=20, num_threads=1):
     return statistics.median(timings) / batch_size
 
 
-def _tflite_cost(content, name, latency_runs):
+def _tflite_cost(content, name, latency_runs, source):
     return ModelCost(
         name=name,
         source="tflite",
         file_bytes=len(content),
         zipped_bytes=len(zlib.compress(content, ZLIB_LEVEL)),
-        latency_seconds=measure_tflite_latency(content, runs=latency_runs),
+        latency_seconds=_measure_latency(content, latency_runs, 1, source),
     )
 
 
@@ -321,8 +325,9 @@ def model_cost(model_or_tflite, *, name=None, input_shape=None, latency_runs=20)
 
     Raises:
         TypeError: If `model_or_tflite` is not one of the accepted types.
-        ValueError: If the input shape of a Keras model is unknown, or the
-            path does not end in `.tflite` or is not a TFLite model.
+        ValueError: If the input shape of a Keras model is unknown. If the
+            path does not end in `.tflite`. If the `.tflite` file or bytes
+            are empty or not a valid TFLite model.
         FileNotFoundError: If the `.tflite` path does not exist.
 
     Example:
@@ -338,7 +343,9 @@ def model_cost(model_or_tflite, *, name=None, input_shape=None, latency_runs=20)
     if isinstance(model_or_tflite, keras.Model):
         return _keras_cost(model_or_tflite, name, input_shape)
     if isinstance(model_or_tflite, (bytes, bytearray)):
-        return _tflite_cost(bytes(model_or_tflite), name or "tflite", latency_runs)
+        return _tflite_cost(
+            bytes(model_or_tflite), name or "tflite", latency_runs, "`model_or_tflite`"
+        )
     if isinstance(model_or_tflite, (str, os.PathLike)):
         path = os.fspath(model_or_tflite)
         if not path.endswith(".tflite"):
@@ -349,26 +356,8 @@ def model_cost(model_or_tflite, *, name=None, input_shape=None, latency_runs=20)
             )
         with open(path, "rb") as file:
             content = file.read()
-        _check_loads_in_litert(content, path)
-        return _tflite_cost(content, name or os.path.basename(path), latency_runs)
+        return _tflite_cost(content, name or os.path.basename(path), latency_runs, repr(path))
     raise TypeError(
         "model_cost expects a keras.Model, a .tflite path or .tflite bytes. "
         f"Received: model_or_tflite of type {type(model_or_tflite).__name__}"
     )
-
-
-def _check_loads_in_litert(content, path):
-    from ai_edge_litert.interpreter import Interpreter
-
-    if not content:
-        raise ValueError(
-            f"{path!r} is empty (0 bytes), so it holds no TFLite model. Pass a `.tflite` "
-            "file written by export_tflite or the TFLite converter."
-        )
-    try:
-        Interpreter(model_content=content)
-    except ValueError as error:
-        raise ValueError(
-            f"{path!r} is not a TFLite model that LiteRT can load ({error}). Pass a "
-            "`.tflite` file written by export_tflite or the TFLite converter."
-        ) from error

@@ -215,7 +215,7 @@ def _check_runs_in_litert(flatbuffer):
 
     The usual cause is an activation that was 0 on every calibration
     example. The converter gives it a range of about 2e-6, and LiteRT's
-    XNNPACK delegate then refuses the op that reads it with "failed to
+    XNNPACK delegate then rejects the op that reads it with "failed to
     create XNNPACK runtime". A dead layer fed by another dead layer still
     runs, so the interpreter decides, and the empty ranges are named.
     Trained ranges never get this small, because `QuantizeWrapper` keeps
@@ -235,12 +235,12 @@ def _check_runs_in_litert(flatbuffer):
         empty = _empty_activation_ranges(flatbuffer)
         if not empty:
             raise ValueError(
-                f"LiteRT cannot run the converted int8 model: {error}. No file was written."
+                f"LiteRT failed to run the converted int8 model: {error}. No file was written."
             ) from error
         listed = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
         raise ValueError(
             "The int8 model has activations that were 0 on all of `representative_data`, "
-            "so their int8 range is empty and LiteRT cannot run the file: "
+            "so their int8 range is empty and LiteRT failed to run the file: "
             f"{listed}. Pass representative_data that reaches these layers with "
             "typical values (preprocessed as in training), or remove the dead units, for "
             "example with PruneCallback(criterion='activation', granularity='neuron') "

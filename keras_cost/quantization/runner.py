@@ -55,18 +55,7 @@ class TFLiteModel:
         content = _read_model(model)
         self._content = content
         source = repr(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else "`model`"
-        if not content:
-            raise ValueError(
-                f"{source} is empty (0 bytes), so it holds no TFLite model. Pass a "
-                "`.tflite` file or the bytes that `export_tflite` returns."
-            )
-        try:
-            self._interpreter = Interpreter(model_content=content, num_threads=num_threads)
-        except ValueError as error:
-            raise ValueError(
-                f"{source} is not a TFLite model that LiteRT can load ({error}). Pass a "
-                "`.tflite` file or the bytes that `export_tflite` returns."
-            ) from error
+        self._interpreter = load_interpreter(content, source, num_threads=num_threads)
         self.signature_key = _pick_signature(self._interpreter, signature_key)
         self._runner = self._interpreter.get_signature_runner(self.signature_key)
         self.input_details = _describe(self._runner.get_input_details())
@@ -164,6 +153,36 @@ class TFLiteModel:
                 f"All inputs must have the same number of examples. Received sizes {sizes}"
             )
         return arrays
+
+
+def load_interpreter(content, source, num_threads=None):
+    """Create a LiteRT interpreter, naming `source` in the error if loading fails.
+
+    Args:
+        content: The `.tflite` flatbuffer as bytes.
+        source: How the error names the model, for example a quoted path.
+        num_threads: Interpreter threads, or `None` for LiteRT's default.
+
+    Returns:
+        An `ai_edge_litert.interpreter.Interpreter`, tensors not yet allocated.
+
+    Raises:
+        ValueError: If `content` is empty or not a valid TFLite model.
+    """
+    # LiteRT treats empty bytes as a missing argument, and its error would
+    # ask for `model_path` or `model_content`.
+    if not content:
+        raise ValueError(
+            f"{source} is empty (0 bytes), so it contains no TFLite model. Pass a "
+            "`.tflite` file written by export_tflite or the TFLite converter."
+        )
+    try:
+        return Interpreter(model_content=content, num_threads=num_threads)
+    except ValueError as error:
+        raise ValueError(
+            f"{source} is not a valid TFLite model: LiteRT failed to load it ({error}). "
+            "Pass a `.tflite` file written by export_tflite or the TFLite converter."
+        ) from error
 
 
 def _read_model(model):

@@ -214,12 +214,12 @@ def test_int8_tflite_smaller_than_float():
 
 
 def test_int8_codes_reject_nan():
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(ValueError, match="contains NaN or inf"):
         int8_weight_codes(np.array([1.0, np.nan]))
 
 
 def test_int8_codes_reject_none():
-    with pytest.raises(TypeError, match="numeric weight array"):
+    with pytest.raises(TypeError, match="expects a numeric array"):
         int8_weight_codes(None)
 
 
@@ -238,15 +238,17 @@ def test_zipped_int8_bytes_none_for_nan_weights():
     assert report.zipped_bytes > 0
 
 
-def test_tflite_path_not_a_model_named(tmp_path):
-    path = tmp_path / "notes.tflite"
-    path.write_text("not a model")
-    with pytest.raises(ValueError, match="notes.tflite' is not a TFLite model"):
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"not a model", "is not a valid TFLite model"), (b"", r"is empty \(0 bytes\)")],
+)
+def test_bad_tflite_file_named(tmp_path, content, message):
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"bad.tflite' {message}"):
         model_cost(path)
 
 
-def test_tflite_empty_file_named(tmp_path):
-    path = tmp_path / "empty.tflite"
-    path.write_bytes(b"")
-    with pytest.raises(ValueError, match=r"empty.tflite' is empty \(0 bytes\)"):
-        model_cost(path)
+def test_bad_tflite_bytes_named():
+    with pytest.raises(ValueError, match="`model_or_tflite` is not a valid TFLite model"):
+        model_cost(b"not a model")

@@ -129,15 +129,12 @@ def test_bad_model_type():
         TFLiteModel([1, 2])
 
 
-def test_corrupt_file_named(tmp_path):
-    path = tmp_path / "broken.tflite"
-    path.write_bytes(b"not a flatbuffer")
-    with pytest.raises(ValueError, match="broken.tflite' is not a TFLite model"):
-        TFLiteModel(path)
-
-
-def test_empty_file_named(tmp_path):
-    path = tmp_path / "empty.tflite"
-    path.write_bytes(b"")
-    with pytest.raises(ValueError, match=r"empty.tflite' is empty \(0 bytes\)"):
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"not a flatbuffer", "is not a valid TFLite model"), (b"", r"is empty \(0 bytes\)")],
+)
+def test_bad_file_named(tmp_path, content, message):
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"bad.tflite' {message}"):
         TFLiteModel(path)
