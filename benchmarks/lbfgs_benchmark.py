@@ -6,9 +6,11 @@ cross-entropy plus `l2 * (||W1||^2 + ||W2||^2)`. The L2 strength is tuned
 first with scipy's L-BFGS-B on a validation split of the training set.
 For each method the script prints the final training objective, the test
 accuracy and the wall time of training (for Keras `fit`, the time includes
-tracing the train function). A floor row times `fit` alone: as many steps
-of a plain gradient step with learning rate 0, which is what one L-BFGS
-iteration per step costs before any L-BFGS work.
+tracing the compiled functions). A floor row times `fit` alone: as many
+steps of a plain gradient step with learning rate 0, which is what one
+L-BFGS iteration per step costs before any L-BFGS work. Its row with
+`iterations_per_step` runs all iterations in one `fit` step, as torch's
+single `optimizer.step(closure)` does.
 
 Run:
     python benchmarks/lbfgs_benchmark.py
@@ -235,6 +237,17 @@ def main():
     )
     evaluations = model.optimizer.function_evaluations
     rows.append(("keras-cost LBFGS, dataset, 1 epoch in all", objective, accuracy, seconds, evaluations))
+
+    # All iterations inside one fit step, as torch's single
+    # `optimizer.step(closure)` with `max_iter` runs them.
+    model, objective, accuracy, seconds = run_keras(
+        LBFGS(max_iterations=args.max_iterations, iterations_per_step=args.max_iterations, **tolerances),
+        (x, y), x, y, x_test, y_test, l2, start,
+        batch_size=len(x), epochs=1, shuffle=False,
+    )
+    evaluations = model.optimizer.function_evaluations
+    name = f"keras-cost LBFGS, arrays, iterations_per_step={args.max_iterations}, 1 epoch"
+    rows.append((name, objective, accuracy, seconds, evaluations))
 
     # What fit alone costs for as many steps: a plain gradient step of
     # learning rate 0 on the same full batch, tracing included. It does not

@@ -30,9 +30,11 @@
 # usually the better choice.
 #
 # **How.** Keras has no L-BFGS. `keras_cost.optimizers.LBFGS` is a Keras
-# optimizer, and `install_lbfgs_step(model)` replaces the model's train step
-# with one that evaluates the loss as often as the line search needs. With
-# `batch_size=len(x)`, one epoch is one L-BFGS iteration.
+# optimizer, and `install_lbfgs_step(model)` replaces the model's train
+# function with one that evaluates the loss as often as the line search
+# needs. With `batch_size=len(x)`, one epoch is one L-BFGS iteration.
+# `LBFGS(iterations_per_step=n)` runs up to n iterations in each `fit` step
+# instead, which is faster when you do not need every iteration in History.
 #
 # Set `KERAS_COST_FAST=1` for a quick run with fewer iterations and
 # `KERAS_COST_TUTORIAL_OUT` to choose where the plots go.

@@ -1,8 +1,10 @@
 """The L-BFGS optimizer: its settings, its state and one iteration."""
 
+import itertools
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_cost.optimizers import line_search as line_search_module
@@ -64,12 +66,12 @@ def _check_non_negative_float(name, value, allow_zero=True):
 class LBFGS(keras.optimizers.Optimizer):
     """Limited-memory BFGS with a strong Wolfe line search, for full-batch `fit`.
 
-    Each training step runs one L-BFGS iteration. The two-loop recursion
-    turns the gradient into a quasi-Newton direction from the last
-    `history_size` curvature pairs `(s, y)`. The line search then evaluates
-    the loss and gradient again at trial points along that direction, inside
-    the compiled step. All trainable variables are packed into one flat
-    vector, whatever their shapes.
+    Each training step runs one L-BFGS iteration, or `iterations_per_step` of
+    them. The two-loop recursion turns the gradient into a quasi-Newton
+    direction from the last `history_size` curvature pairs `(s, y)`. The line
+    search then evaluates the loss and gradient again at trial points along
+    that direction. All trainable variables are packed into one flat vector,
+    whatever their shapes.
 
     L-BFGS needs to evaluate the loss more than once per step, which the
     default Keras train step cannot do, so a model compiled with `LBFGS`
@@ -78,6 +80,15 @@ class LBFGS(keras.optimizers.Optimizer):
     `fit(x, y, batch_size=len(x), epochs=max_iterations)`. Training stops
     early (`model.stop_training`) when a tolerance is met, and
     `stop_reason` then names that tolerance.
+
+    Where the work runs: the loss and gradient are one compiled TensorFlow
+    function of the flat vector, traced once per model. The two-loop
+    recursion and the line search run in NumPy between its calls, as
+    `torch.optim.LBFGS` runs in Python between calls of its closure. Their
+    work is a few scalar decisions per trial point. Compiled into the train
+    step with while loops, they took about 1 s to trace on the digits MLP of
+    `benchmarks/lbfgs_benchmark.py`, longer than 500 iterations of
+    `torch.optim.LBFGS` on it.
 
     Mini-batches are allowed: each batch gets its own line search, started
     from a fresh evaluation on that batch, and the curvature history is kept
@@ -126,6 +137,12 @@ class LBFGS(keras.optimizers.Optimizer):
             and on the step max norm. Defaults to `1e-9`.
         max_evaluations_per_iteration: Int, the most loss evaluations one
             line search may use. Defaults to `25`.
+        iterations_per_step: Int, the most iterations one `fit` step runs
+            on its batch. Defaults to `1`, so that History and callbacks
+            see every iteration. A larger value works like the `max_iter`
+            of `torch.optim.LBFGS`: the iterations run back to back, which
+            saves `fit`'s own cost per step (about 1 ms), and History gets
+            the loss after each step.
         name: String, the optimizer name. Defaults to `"lbfgs"`.
 
     Example:
@@ -158,6 +175,7 @@ class LBFGS(keras.optimizers.Optimizer):
         tolerance_grad=1e-7,
         tolerance_change=1e-9,
         max_evaluations_per_iteration=25,
+        iterations_per_step=1,
         name="lbfgs",
     ):
         _check_non_negative_float("learning_rate", learning_rate, allow_zero=False)
@@ -167,6 +185,7 @@ class LBFGS(keras.optimizers.Optimizer):
         _check_non_negative_float("tolerance_grad", tolerance_grad)
         _check_non_negative_float("tolerance_change", tolerance_change)
         _check_positive_int("max_evaluations_per_iteration", max_evaluations_per_iteration)
+        _check_positive_int("iterations_per_step", iterations_per_step)
 
         super().__init__(learning_rate=float(learning_rate), name=name)
         self._line_search = search
@@ -176,6 +195,9 @@ class LBFGS(keras.optimizers.Optimizer):
         self.tolerance_grad = float(tolerance_grad)
         self.tolerance_change = float(tolerance_change)
         self.max_evaluations_per_iteration = max_evaluations_per_iteration
+        self.iterations_per_step = iterations_per_step
+        # The NumPy copy of the state during `fit`, filled by `load_host_state`.
+        self._host = None
 
     def build(self, variables):
         """Create the curvature history and the cached loss and gradient.
@@ -256,165 +278,202 @@ class LBFGS(keras.optimizers.Optimizer):
     def get_config(self):
         return {
             "name": self.name,
-            "learning_rate": float(ops.convert_to_numpy(self.learning_rate)),
+            "learning_rate": float(self.learning_rate.numpy()),
             "history_size": self.history_size,
             "line_search": self.line_search,
             "max_iterations": self.max_iterations,
             "tolerance_grad": self.tolerance_grad,
             "tolerance_change": self.tolerance_change,
             "max_evaluations_per_iteration": self.max_evaluations_per_iteration,
+            "iterations_per_step": self.iterations_per_step,
         }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         return cls(**config)
 
-    # The methods below run inside the compiled train step, in cross-replica
-    # context, with `evaluate(flat)` returning the loss and gradient summed
-    # over replicas.
+    # The methods below run on the host, between calls of the compiled loss
+    # and gradient function (see `train_step.py`). During `fit` the state
+    # lives in NumPy arrays, `_host`, and is written back to the optimizer
+    # variables after every step, so that checkpoints and `.keras` files
+    # hold it.
+
+    def _state_variables(self):
+        return [
+            self._s_history,
+            self._y_history,
+            self._history_length,
+            self._cached_loss,
+            self._cached_gradient,
+            self._cache_valid,
+            self._fingerprint,
+            self._evaluations,
+            self._stop_code,
+            self.iterations,
+        ]
+
+    def load_host_state(self):
+        """Copy the state variables into NumPy arrays, where `iterate` works on them."""
+        names = _STATE_NAMES
+        self._host = {
+            name: np.array(variable.numpy()) for name, variable in zip(names, self._state_variables())
+        }
+        self._host["learning_rate"] = float(self.learning_rate.numpy())
+
+    def host_state(self):
+        """Return the NumPy state in the order of the state variables."""
+        return [self._host[name] for name in _STATE_NAMES]
 
     def reset_stop(self):
         """Clear the stop code, so that a new `fit` call checks the tolerances again."""
         if self.built:
             self._stop_code.assign(RUNNING)
+        self._host = None
 
     def invalidate_cache(self):
-        """Make the next step evaluate the loss and gradient instead of reusing them."""
-        self._cache_valid.assign(0)
+        """Make the next iteration evaluate the loss and gradient instead of reusing them."""
+        self._host["cache_valid"] = np.zeros((), "int32")
 
-    def iterate(self, variables, evaluate, fingerprint):
-        """Run one L-BFGS iteration and write the new point into `variables`.
+    def iterate(self, start, evaluate, fingerprint):
+        """Run one L-BFGS iteration from the flat point `start`.
+
+        Call `load_host_state()` first. The state arrays are updated in place
+        and the caller writes them back to the variables.
 
         Args:
-            variables: the trainable variables, in packing order.
-            evaluate: function of a flat vector returning `(loss, gradient)`.
-            fingerprint: float64 vector that identifies the batch.
+            start: flat NumPy vector of the trainable variables.
+            evaluate: function of a flat vector returning `(loss, gradient)`
+                as a float and a NumPy vector.
+            fingerprint: float64 NumPy vector that identifies the batch.
 
         Returns:
             `(loss, flat)`: the loss at the new point and the new flat vector.
         """
-        start = pack(variables)
-        active = ops.equal(self._stop_code, RUNNING)
-        loss, gradient, evaluations = self._start_point(start, evaluate, fingerprint, active)
-        gradient_small = ops.max(ops.abs(gradient)) <= self.tolerance_grad
+        state = self._host
+        if int(state["stop_code"]) != RUNNING:
+            return float(state["cached_loss"]), start
 
-        direction, history_length = self._direction(gradient)
-        first = ops.logical_and(ops.equal(self.iterations, 0), ops.equal(history_length, 0))
-        norm = ops.sqrt(ops.sum(gradient * gradient))
-        first_step = ops.minimum(1.0, 1.0 / ops.maximum(norm, 1e-30))
-        initial_step = ops.cast(self.learning_rate, loss.dtype) * ops.where(first, first_step, 1.0)
+        same_batch = int(state["cache_valid"]) == 1 and _fingerprints_match(
+            state["fingerprint"], fingerprint
+        )
+        if same_batch:
+            loss, gradient = float(state["cached_loss"]), state["cached_gradient"]
+            evaluations = 0
+        else:
+            loss, gradient = evaluate(start)
+            evaluations = 1
+        state["fingerprint"] = np.asarray(fingerprint, "float64")
+        state["cache_valid"] = np.ones((), "int32")
 
-        searching = ops.logical_and(active, ops.logical_not(gradient_small))
-        budget = ops.cast(ops.where(searching, self.max_evaluations_per_iteration, 0), "int32")
-        phi = lambda step: evaluate(start + step * direction)
+        if float(np.max(np.abs(gradient))) <= self.tolerance_grad:
+            self._finish(STOP_GRADIENT, loss, gradient, evaluations)
+            return loss, start
+
+        direction, history_length = self._direction(gradient, int(state["history_length"]))
+        initial_step = state["learning_rate"]
+        if int(state["iterations"]) == 0 and history_length == 0:
+            norm = float(np.sqrt(np.dot(gradient, gradient)))
+            initial_step *= min(1.0, 1.0 / max(norm, 1e-30))
+
+        phi = lambda step: evaluate(start + np.asarray(step, start.dtype) * direction)
         result = self._line_search.search(
-            phi, loss, gradient, direction, initial_step, budget, self.tolerance_change
+            phi,
+            loss,
+            gradient,
+            direction,
+            initial_step,
+            self.max_evaluations_per_iteration,
+            self.tolerance_change,
         )
-        evaluations = evaluations + ops.cast(result.evaluations, "int64")
+        evaluations += result.evaluations
+        state["iterations"] = state["iterations"] + 1
 
-        step = ops.where(result.success, result.step, 0.0) * direction
-        new_loss = ops.where(result.success, result.loss, loss)
-        new_gradient = ops.where(result.success, result.gradient, gradient)
-        self._update_history(step, new_gradient - gradient, result.success, history_length)
-        slope = ops.sum(gradient * direction)
-        predicted_decrease = -slope * initial_step
-        resolution = _ROUNDING_UNITS * _machine_epsilon(loss.dtype) * ops.maximum(ops.abs(loss), 1.0)
-        lost_in_rounding = ops.logical_and(
-            ops.logical_not(result.success), predicted_decrease <= resolution
-        )
-        self._update_stop_code(
-            active, gradient_small, lost_in_rounding, result.success, loss, new_loss, new_gradient, step
-        )
+        if not result.success:
+            # A step whose predicted decrease is within rounding of the loss
+            # cannot be distinguished from noise, so this is convergence.
+            predicted_decrease = -float(np.dot(gradient, direction)) * initial_step
+            resolution = _ROUNDING_UNITS * _machine_epsilon(start.dtype) * max(abs(loss), 1.0)
+            code = STOP_ROUNDING if predicted_decrease <= resolution else STOP_LINE_SEARCH_FAILED
+            state["history_length"] = np.asarray(history_length, "int32")
+            self._finish(code, loss, gradient, evaluations)
+            return loss, start
 
-        self._cached_loss.assign(new_loss)
-        self._cached_gradient.assign(new_gradient)
-        # A stopped step reused the cache without checking the batch, so it
-        # must not label the cache with this batch.
-        self._cache_valid.assign(ops.where(active, 1, self._cache_valid))
-        self._fingerprint.assign(ops.where(active, fingerprint, self._fingerprint))
-        self._evaluations.assign_add(evaluations)
-        self.iterations.assign_add(ops.cast(searching, self.iterations.dtype))
+        step = np.asarray(result.step, start.dtype) * direction
+        new_loss, new_gradient = result.loss, result.gradient
+        self._update_history(step, new_gradient - gradient, history_length)
+
+        scale = max(abs(loss), abs(new_loss), 1.0)
+        code = RUNNING
+        if float(np.max(np.abs(new_gradient))) <= self.tolerance_grad:
+            code = STOP_GRADIENT
+        elif (loss - new_loss) / scale <= self.tolerance_change:
+            code = STOP_LOSS_CHANGE
+        elif float(np.max(np.abs(step))) <= self.tolerance_change:
+            code = STOP_STEP
+        elif int(state["iterations"]) >= self.max_iterations:
+            code = STOP_MAX_ITERATIONS
+        self._finish(code, new_loss, new_gradient, evaluations)
         return new_loss, start + step
 
-    def _start_point(self, start, evaluate, fingerprint, active):
-        same_batch = ops.logical_and(
-            ops.equal(self._cache_valid, 1),
-            _fingerprints_match(self._fingerprint, fingerprint),
-        )
-        reuse = ops.logical_or(same_batch, ops.logical_not(active))
+    def _finish(self, code, loss, gradient, evaluations):
+        state = self._host
+        state["stop_code"] = np.asarray(code, "int32")
+        state["cached_loss"] = np.asarray(loss, state["cached_loss"].dtype)
+        state["cached_gradient"] = np.asarray(gradient, state["cached_gradient"].dtype)
+        state["evaluations"] = state["evaluations"] + evaluations
 
-        def cached():
-            return ops.convert_to_tensor(self._cached_loss), ops.convert_to_tensor(self._cached_gradient)
-
-        loss, gradient = ops.cond(reuse, cached, lambda: evaluate(start))
-        evaluations = ops.where(reuse, 0, 1)
-        return loss, gradient, ops.cast(evaluations, "int64")
-
-    def _direction(self, gradient):
+    def _direction(self, gradient, history_length):
         """Return `-H g` from the two-loop recursion (Nocedal and Wright, algorithm 7.4)."""
         m = self.history_size
-        s_history = ops.convert_to_tensor(self._s_history)
-        y_history = ops.convert_to_tensor(self._y_history)
-        history_length = ops.convert_to_tensor(self._history_length)
-        dtype = gradient.dtype
+        s_history = self._host["s_history"]
+        y_history = self._host["y_history"]
 
         # Pairs are stored oldest first in rows m - length to m - 1.
-        valid = [ops.greater_equal(i, m - history_length) for i in range(m)]
-        curvature = ops.sum(s_history * y_history, axis=1)
-        rho = 1.0 / ops.where(curvature > 0.0, curvature, ops.ones_like(curvature))
+        rows = range(m - history_length, m)
+        rho = {i: 1.0 / float(np.dot(s_history[i], y_history[i])) for i in rows}
+        q = np.array(gradient)
+        alphas = {}
+        for i in reversed(rows):
+            alphas[i] = rho[i] * float(np.dot(s_history[i], q))
+            q -= np.asarray(alphas[i], q.dtype) * y_history[i]
 
-        q = gradient
-        alphas = [None] * m
-        for i in reversed(range(m)):
-            alpha = ops.where(valid[i], rho[i] * ops.sum(s_history[i] * q), ops.zeros((), dtype))
-            q = q - alpha * y_history[i]
-            alphas[i] = alpha
-
-        newest_yy = ops.sum(y_history[m - 1] * y_history[m - 1])
-        gamma = ops.where(history_length > 0, curvature[m - 1] / ops.maximum(newest_yy, 1e-30), 1.0)
-        r = ops.cast(gamma, dtype) * q
-        for i in range(m):
-            beta = ops.where(valid[i], rho[i] * ops.sum(y_history[i] * r), ops.zeros((), dtype))
-            r = r + (alphas[i] - beta) * s_history[i]
+        gamma = 1.0
+        if history_length > 0:
+            newest_yy = float(np.dot(y_history[m - 1], y_history[m - 1]))
+            gamma = 1.0 / (rho[m - 1] * max(newest_yy, 1e-30))
+        r = np.asarray(gamma, q.dtype) * q
+        for i in rows:
+            beta = rho[i] * float(np.dot(y_history[i], r))
+            r += np.asarray(alphas[i] - beta, r.dtype) * s_history[i]
         direction = -r
 
         # Rounding can leave a direction that does not descend. Restart from
         # steepest descent with an empty history then.
-        descends = ops.sum(gradient * direction) < 0.0
-        direction = ops.where(descends, direction, -gradient)
-        history_length = ops.where(descends, history_length, 0)
+        if not float(np.dot(gradient, direction)) < 0.0:
+            return -np.asarray(gradient), 0
         return direction, history_length
 
-    def _update_history(self, step, gradient_change, success, history_length):
-        m = self.history_size
-        curvature = ops.sum(step * gradient_change)
-        store = ops.logical_and(success, curvature > _MIN_CURVATURE)
-        s_shifted = ops.concatenate([self._s_history[1:], step[None]], axis=0)
-        y_shifted = ops.concatenate([self._y_history[1:], gradient_change[None]], axis=0)
-        self._s_history.assign(ops.where(store, s_shifted, self._s_history))
-        self._y_history.assign(ops.where(store, y_shifted, self._y_history))
-        self._history_length.assign(
-            ops.where(store, ops.minimum(history_length + 1, m), history_length)
-        )
+    def _update_history(self, step, gradient_change, history_length):
+        state = self._host
+        if float(np.dot(step, gradient_change)) > _MIN_CURVATURE:
+            for name, row in (("s_history", step), ("y_history", gradient_change)):
+                state[name] = np.concatenate([state[name][1:], row[None]], axis=0)
+            history_length = min(history_length + 1, self.history_size)
+        state["history_length"] = np.asarray(history_length, "int32")
 
-    def _update_stop_code(
-        self, active, gradient_small, lost_in_rounding, success, loss, new_loss, new_gradient, step
-    ):
-        scale = ops.maximum(ops.maximum(ops.abs(loss), ops.abs(new_loss)), 1.0)
-        tests = [
-            (gradient_small, STOP_GRADIENT),
-            (lost_in_rounding, STOP_ROUNDING),
-            (ops.logical_not(success), STOP_LINE_SEARCH_FAILED),
-            (ops.max(ops.abs(new_gradient)) <= self.tolerance_grad, STOP_GRADIENT),
-            ((loss - new_loss) / scale <= self.tolerance_change, STOP_LOSS_CHANGE),
-            (ops.max(ops.abs(step)) <= self.tolerance_change, STOP_STEP),
-            (self.iterations + 1 >= self.max_iterations, STOP_MAX_ITERATIONS),
-        ]
-        # The first test that is true gives the reason, so walk them backwards.
-        code = ops.convert_to_tensor(RUNNING, "int32")
-        for holds, reason in reversed(tests):
-            code = ops.where(holds, reason, code)
-        self._stop_code.assign(ops.where(active, code, self._stop_code))
+
+_STATE_NAMES = (
+    "s_history",
+    "y_history",
+    "history_length",
+    "cached_loss",
+    "cached_gradient",
+    "cache_valid",
+    "fingerprint",
+    "evaluations",
+    "stop_code",
+    "iterations",
+)
 
 
 def _machine_epsilon(dtype):
@@ -424,8 +483,8 @@ def _machine_epsilon(dtype):
 
 
 def _fingerprints_match(stored, current):
-    scale = ops.maximum(ops.abs(stored), 1.0)
-    return ops.all(ops.abs(stored - current) <= _FINGERPRINT_TOLERANCE * scale)
+    scale = np.maximum(np.abs(stored), 1.0)
+    return bool(np.all(np.abs(stored - current) <= _FINGERPRINT_TOLERANCE * scale))
 
 
 def pack(variables):
@@ -435,11 +494,11 @@ def pack(variables):
 
 def unpack(flat, variables):
     """Split a flat vector into tensors shaped and typed like `variables`."""
-    values = []
-    offset = 0
-    for variable in variables:
-        size = math.prod(variable.shape)
-        piece = ops.reshape(flat[offset : offset + size], variable.shape)
-        values.append(ops.cast(piece, variable.dtype))
-        offset += size
-    return values
+    sizes = [math.prod(variable.shape) for variable in variables]
+    # One split, whose gradient is one concatenation, instead of a slice per
+    # variable, whose gradients are each a full-size vector to add up.
+    pieces = ops.split(flat, list(itertools.accumulate(sizes))[:-1]) if len(sizes) > 1 else [flat]
+    return [
+        ops.cast(ops.reshape(piece, variable.shape), variable.dtype)
+        for piece, variable in zip(pieces, variables)
+    ]

@@ -1,14 +1,18 @@
-"""Line searches for `LBFGS`, written with `keras.ops` so they run inside a compiled step.
+"""Line searches for `LBFGS`, in NumPy on the host.
 
 A line search receives `phi(t)`, which returns the loss and the flat gradient at
-`x0 + t * direction`, and returns a `LineSearchResult`. Every call of `phi`
-costs one loss and gradient evaluation, and the result reports how many ran.
+`x0 + t * direction` as a float and a NumPy vector, and returns a
+`LineSearchResult`. Every call of `phi` costs one loss and gradient
+evaluation of the model, and the result reports how many ran. The searches
+run on the host, like the rest of the L-BFGS iteration, because their work
+is a few scalar decisions per trial that a compiled graph would only slow
+down (see `train_step.py`).
 """
 
 import collections
+import math
 
-import keras
-from keras import ops
+import numpy as np
 
 # Sufficient decrease and curvature constants of the Wolfe conditions, the
 # values Nocedal and Wright recommend for quasi-Newton methods (section 3.1).
@@ -24,23 +28,17 @@ LineSearchResult = collections.namedtuple(
 _Point = collections.namedtuple("_Point", ["step", "loss", "slope", "gradient"])
 
 
-def _select(condition, when_true, when_false):
-    return keras.tree.map_structure(
-        lambda a, b: ops.where(condition, a, b), when_true, when_false
-    )
-
-
 def _evaluate_point(phi, step, direction):
     loss, gradient = phi(step)
+    loss = float(loss)
+    gradient = np.asarray(gradient)
 
     # A non-finite loss or gradient counts as an infinitely high loss: the
     # search then shrinks the step and can never accept the point.
-    finite = ops.logical_and(
-        ops.isfinite(loss), ops.all(ops.isfinite(gradient))
-    )
-    loss = ops.where(finite, loss, ops.cast(float("inf"), loss.dtype))
-    gradient = ops.where(finite, gradient, ops.zeros_like(gradient))
-    slope = ops.sum(gradient * direction)
+    if not (math.isfinite(loss) and np.all(np.isfinite(gradient))):
+        loss = math.inf
+        gradient = np.zeros_like(gradient)
+    slope = float(np.dot(gradient, direction))
     return _Point(step, loss, slope, gradient)
 
 
@@ -59,19 +57,26 @@ def cubic_minimizer(a, b, lower, upper):
         upper: largest step to return.
 
     Returns:
-        A scalar step length.
+        A float step length.
     """
-    step_a, loss_a, slope_a = a
-    step_b, loss_b, slope_b = b
-    d1 = slope_a + slope_b - 3.0 * (loss_a - loss_b) / (step_a - step_b)
-    square = d1 * d1 - slope_a * slope_b
-    d2 = ops.sign(step_b - step_a) * ops.sqrt(ops.maximum(square, 0.0))
-    candidate = step_b - (step_b - step_a) * (slope_b + d2 - d1) / (
-        slope_b - slope_a + 2.0 * d2
-    )
-    usable = ops.logical_and(square >= 0.0, ops.isfinite(candidate))
+    step_a, loss_a, slope_a = (float(value) for value in a)
+    step_b, loss_b, slope_b = (float(value) for value in b)
+    lower, upper = float(lower), float(upper)
     midpoint = 0.5 * (lower + upper)
-    return ops.where(usable, ops.clip(candidate, lower, upper), midpoint)
+    # Infinite losses and equal steps give inf or nan below, which means that
+    # no cubic fits. NumPy scalars return inf and nan instead of raising.
+    with np.errstate(all="ignore"):
+        d1 = slope_a + slope_b - 3.0 * np.float64(loss_a - loss_b) / (step_a - step_b)
+        square = d1 * d1 - slope_a * slope_b
+        if not square >= 0.0:
+            return midpoint
+        d2 = math.copysign(1.0, step_b - step_a) * np.sqrt(square)
+        candidate = step_b - (step_b - step_a) * (slope_b + d2 - d1) / (
+            slope_b - slope_a + 2.0 * d2
+        )
+    if not np.isfinite(candidate):
+        return midpoint
+    return float(min(max(candidate, lower), upper))
 
 
 class StrongWolfe:
@@ -104,100 +109,84 @@ class StrongWolfe:
         """Search along `direction` from the point with `loss` and `gradient`.
 
         Args:
-            phi: function of a scalar step returning `(loss, flat_gradient)`.
-            loss: scalar loss at the start point.
-            gradient: flat gradient at the start point.
-            direction: flat descent direction.
-            initial_step: first trial step length.
-            max_evaluations: scalar int tensor, the most calls of `phi`.
+            phi: function of a float step returning `(loss, flat_gradient)`.
+            loss: float, the loss at the start point.
+            gradient: flat NumPy gradient at the start point.
+            direction: flat NumPy descent direction.
+            initial_step: float, the first trial step length.
+            max_evaluations: int, the most calls of `phi`.
             tolerance: the search stops when the bracket is shorter than this
                 in the max norm of `step * direction`.
 
         Returns:
             A `LineSearchResult`.
         """
-        start = _Point(ops.zeros_like(loss), loss, ops.sum(gradient * direction), gradient)
-        bracket = self._bracket(phi, start, direction, initial_step, max_evaluations)
-        return self._zoom(phi, start, direction, bracket, max_evaluations, tolerance)
+        direction = np.asarray(direction)
+        gradient = np.asarray(gradient)
+        start = _Point(0.0, float(loss), float(np.dot(gradient, direction)), gradient)
+        max_evaluations = int(max_evaluations)
+        low, high, evaluations, done = self._bracket(
+            phi, start, direction, float(initial_step), max_evaluations
+        )
+        return self._zoom(
+            phi, start, direction, low, high, evaluations, done, max_evaluations, float(tolerance)
+        )
 
-    def _bracket(self, phi, start, direction, initial_step, max_evaluations):
+    @staticmethod
+    def _bracket(phi, start, direction, step, max_evaluations):
         def sufficient_decrease(point):
             return point.loss <= start.loss + ARMIJO_C1 * point.step * start.slope
 
-        def wolfe(point):
-            return ops.abs(point.slope) <= -CURVATURE_C2 * start.slope
-
-        def cond(step, previous, low, high, evaluations, done, bracketed):
-            running = ops.logical_not(ops.logical_or(done, bracketed))
-            return ops.logical_and(running, evaluations < max_evaluations)
-
-        def body(step, previous, low, high, evaluations, done, bracketed):
+        previous = low = high = start
+        evaluations = 0
+        done = bracketed = False
+        while not (done or bracketed) and evaluations < max_evaluations:
             point = _evaluate_point(phi, step, direction)
-            evaluations = evaluations + 1
+            evaluations += 1
 
             # Algorithm 3.5: the loss rose, so a minimizer lies between the
             # previous and the current step.
-            rose = ops.logical_or(
-                ops.logical_not(sufficient_decrease(point)),
-                ops.logical_and(evaluations > 1, point.loss >= previous.loss),
+            rose = not sufficient_decrease(point) or (
+                evaluations > 1 and point.loss >= previous.loss
             )
-            accepted = ops.logical_and(ops.logical_not(rose), wolfe(point))
+            done = not rose and abs(point.slope) <= -CURVATURE_C2 * start.slope
             # The slope turned non-negative, so a minimizer lies between the
             # current and the previous step, with the current one lower.
-            turned = ops.logical_and(
-                ops.logical_not(ops.logical_or(rose, accepted)), point.slope >= 0.0
-            )
-
-            new_low = _select(rose, previous, point)
-            new_high = _select(rose, point, previous)
-            low = _select(ops.logical_or(rose, ops.logical_or(turned, accepted)), new_low, low)
-            high = _select(ops.logical_or(rose, turned), new_high, high)
+            turned = not (rose or done) and point.slope >= 0.0
+            if rose:
+                low, high = previous, point
+            elif turned:
+                low, high = point, previous
+            elif done:
+                low = point
+            bracketed = rose or turned
 
             # Neither happened: extrapolate to a longer step.
             gap = point.step - previous.step
-            next_step = cubic_minimizer(
+            step = cubic_minimizer(
                 (previous.step, previous.loss, previous.slope),
                 (point.step, point.loss, point.slope),
                 point.step + 0.01 * gap,
                 point.step * 10.0,
             )
-            bracketed = ops.logical_or(rose, turned)
-            return next_step, point, low, high, evaluations, accepted, bracketed
+            previous = point
 
-        initial = (
-            ops.cast(initial_step, start.loss.dtype),
-            start,
-            start,
-            start,
-            ops.convert_to_tensor(0, "int32"),
-            ops.convert_to_tensor(False),
-            ops.convert_to_tensor(False),
-        )
-        _, last, low, high, evaluations, done, bracketed = ops.while_loop(
-            cond, body, initial
-        )
         # Out of budget while still extrapolating: the last point is the
         # lowest so far, so keep it when it lowered the loss.
-        improved = ops.logical_and(
-            ops.logical_not(ops.logical_or(done, bracketed)),
-            sufficient_decrease(last),
-        )
-        improved = ops.logical_and(improved, last.step > 0.0)
-        low = _select(improved, last, low)
+        if not (done or bracketed) and previous.step > 0.0 and sufficient_decrease(previous):
+            low = previous
         return low, high, evaluations, done
 
-    def _zoom(self, phi, start, direction, bracket, max_evaluations, tolerance):
-        low, high, evaluations, done = bracket
-        direction_size = ops.max(ops.abs(direction))
-
-        def cond(low, high, evaluations, done):
-            width = ops.abs(high.step - low.step) * direction_size
-            running = ops.logical_and(ops.logical_not(done), width > tolerance)
-            return ops.logical_and(running, evaluations < max_evaluations)
-
-        def body(low, high, evaluations, done):
-            lower = ops.minimum(low.step, high.step)
-            upper = ops.maximum(low.step, high.step)
+    @staticmethod
+    def _zoom(phi, start, direction, low, high, evaluations, done, max_evaluations, tolerance):
+        direction_size = float(np.max(np.abs(direction)))
+        while (
+            not done
+            and abs(high.step - low.step) * direction_size > tolerance
+            and evaluations < max_evaluations
+        ):
+            lower = min(low.step, high.step)
+            upper = max(low.step, high.step)
             # Keep trials away from the ends of the bracket so that it shrinks
             # by at least a tenth each time.
             margin = 0.1 * (upper - lower)
@@ -208,32 +197,24 @@ class StrongWolfe:
                 upper - margin,
             )
             point = _evaluate_point(phi, step, direction)
-            evaluations = evaluations + 1
+            evaluations += 1
 
             # Algorithm 3.6.
-            too_high = ops.logical_or(
-                point.loss > start.loss + ARMIJO_C1 * point.step * start.slope,
-                point.loss >= low.loss,
+            too_high = (
+                point.loss > start.loss + ARMIJO_C1 * point.step * start.slope
+                or point.loss >= low.loss
             )
-            accepted = ops.logical_and(
-                ops.logical_not(too_high),
-                ops.abs(point.slope) <= -CURVATURE_C2 * start.slope,
-            )
-            flip = ops.logical_and(
-                ops.logical_not(too_high),
-                point.slope * (high.step - low.step) >= 0.0,
-            )
-            high = _select(too_high, point, _select(flip, low, high))
-            low = _select(too_high, low, point)
-            return low, high, evaluations, accepted
+            if too_high:
+                high = point
+            else:
+                done = abs(point.slope) <= -CURVATURE_C2 * start.slope
+                if point.slope * (high.step - low.step) >= 0.0:
+                    high = low
+                low = point
 
-        low, high, evaluations, done = ops.while_loop(
-            cond, body, (low, high, evaluations, done)
-        )
         # Every point that became `low` satisfied sufficient decrease, so any
         # step past the start lowers the loss.
-        success = low.step > 0.0
-        return LineSearchResult(success, low.step, low.loss, low.gradient, evaluations)
+        return LineSearchResult(low.step > 0.0, low.step, low.loss, low.gradient, evaluations)
 
 
 class Backtracking:
@@ -255,35 +236,26 @@ class Backtracking:
         self, phi, loss, gradient, direction, initial_step, max_evaluations, tolerance
     ):
         """Search along `direction`; the arguments are those of `StrongWolfe.search`."""
-        slope = ops.sum(gradient * direction)
-        start = _Point(ops.zeros_like(loss), loss, slope, gradient)
-        direction_size = ops.max(ops.abs(direction))
-
-        def cond(step, best, evaluations, done):
-            running = ops.logical_and(
-                ops.logical_not(done), step * direction_size > tolerance
-            )
-            return ops.logical_and(running, evaluations < max_evaluations)
-
-        def body(step, best, evaluations, done):
+        direction = np.asarray(direction)
+        gradient = np.asarray(gradient)
+        loss = float(loss)
+        slope = float(np.dot(gradient, direction))
+        direction_size = float(np.max(np.abs(direction)))
+        step = float(initial_step)
+        best = _Point(0.0, loss, slope, gradient)
+        evaluations = 0
+        done = False
+        while not done and step * direction_size > tolerance and evaluations < int(max_evaluations):
             point = _evaluate_point(phi, step, direction)
-            accepted = point.loss <= loss + ARMIJO_C1 * step * slope
-            best = _select(accepted, point, best)
-            return 0.5 * step, best, evaluations + 1, accepted
-
-        initial = (
-            ops.cast(initial_step, loss.dtype),
-            start,
-            ops.convert_to_tensor(0, "int32"),
-            ops.convert_to_tensor(False),
-        )
-        _, best, evaluations, done = ops.while_loop(cond, body, initial)
+            evaluations += 1
+            done = point.loss <= loss + ARMIJO_C1 * step * slope
+            if done:
+                best = point
+            step *= 0.5
         return LineSearchResult(done, best.step, best.loss, best.gradient, evaluations)
 
 
 _LINE_SEARCHES = {cls.name: cls for cls in (StrongWolfe, Backtracking)}
-
-
 def get(name):
     """Return a line search instance by name.
 

@@ -1,17 +1,27 @@
-"""The train step that lets `model.fit` drive `LBFGS`.
+"""The train function that lets `model.fit` drive `LBFGS`.
 
 Keras optimizers only receive gradients, but a line search must evaluate the
 loss again at trial points, so L-BFGS needs the model, the loss and the batch
-inside the step. `install_lbfgs_step` gives a compiled model a train step that
-has them. It sets two attributes on the model instance and no class is
+inside the step. `install_lbfgs_step` gives a compiled model a train function
+that has them. It sets attributes on the model instance and no class is
 changed, so it works for Sequential, functional and subclassed models alike,
 and `fit`, `History`, callbacks and `model.stop_training` keep working.
+
+The train function is plain Python around compiled TensorFlow functions,
+each traced once per model. One returns the loss and the flat gradient at a
+flat point. Another writes the accepted point, the optimizer state and the
+metrics. The L-BFGS iteration in between runs in NumPy (see `LBFGS`). An
+earlier version compiled the whole iteration, line search loops included,
+into the train step. Tracing that graph took about 1 s on the digits MLP of
+`benchmarks/lbfgs_benchmark.py`, more than `torch.optim.LBFGS` needs for 500
+iterations of it.
 """
 
 import functools
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -23,9 +33,10 @@ def install_lbfgs_step(model):
     """Route `model.fit` through the L-BFGS train step of `model.optimizer`.
 
     Call it after `model.compile(optimizer=LBFGS(...))` and before `fit`. It
-    replaces the model's train step by one that runs one L-BFGS iteration per
-    batch, and wraps the train function so that `fit` stops
-    (`model.stop_training = True`) once `model.optimizer.stop_reason` is set.
+    replaces the model's train function by one that runs one L-BFGS
+    iteration per batch (`iterations_per_step` of them, if set), and that
+    stops `fit` (`model.stop_training = True`) once
+    `model.optimizer.stop_reason` is set.
     Recompiling with another optimizer restores the model's own train step.
     A model loaded from a `.keras` file comes back compiled with `LBFGS` but
     without the installed step, so call this function again before `fit`.
@@ -76,7 +87,6 @@ def install_lbfgs_step(model):
             f"Received: optimizer={optimizer!r}.{hint}"
         )
 
-    model.train_step = functools.partial(_train_step, model)
     model.make_train_function = functools.partial(
         _make_train_function, model, type(model).make_train_function
     )
@@ -84,123 +94,170 @@ def install_lbfgs_step(model):
 
 
 def _make_train_function(model, make_default, force=False):
-    optimizer = model.optimizer
-    if isinstance(optimizer, LBFGS):
-        if model.built and not optimizer.built:
-            with model.distribute_strategy.scope():
-                optimizer.build(model.trainable_variables)
-        optimizer.reset_stop()
+    if not isinstance(model.optimizer, LBFGS):
+        if isinstance(model.train_function, _TrainFunction):
+            force = True
+        return make_default(model, force=force)
 
-    if model.train_function is not None and not force:
+    model.optimizer.reset_stop()
+    if isinstance(model.train_function, _TrainFunction) and not force:
         return model.train_function
-    make_default(model, force=force)
-    model.train_function = functools.partial(
-        _train_and_check_stop, model, model.train_function
-    )
+    model.train_function = _TrainFunction(model)
     return model.train_function
 
 
-def _train_and_check_stop(model, train_function, iterator):
-    _build_metrics_before_tracing(model, iterator)
-    logs = train_function(iterator)
-    optimizer = model.optimizer
-    if not isinstance(optimizer, LBFGS):
+class _TrainFunction:
+    """The callable that `fit` calls once per `steps_per_execution` batches."""
+
+    def __init__(self, model):
+        self.model = model
+        self.compiled = None
+
+    def __call__(self, iterator):
+        model = self.model
+        optimizer = model.optimizer
+        logs = None
+        for index in range(model.steps_per_execution):
+            try:
+                data = next(iterator)
+            except StopIteration:
+                if index == 0:
+                    raise
+                break
+            data = keras.tree.map_structure(
+                lambda part: None if isinstance(part, tf.experimental.Optional) else part, data
+            )
+            if self.compiled is None:
+                self.compiled = _Compiled(model, data)
+            if optimizer._host is None:
+                optimizer.load_host_state()
+            logs = self.compiled.step(data)
+            if int(optimizer._host["stop_code"]) != lbfgs_module.RUNNING:
+                break
+
+        code = int(optimizer._host["stop_code"])
+        if code != lbfgs_module.RUNNING:
+            model.stop_training = True
+        if code == lbfgs_module.STOP_LINE_SEARCH_FAILED:
+            warnings.warn(
+                f"LBFGS stopped at iteration {int(optimizer._host['iterations'])}: "
+                f"{optimizer.stop_reason}. The weights keep the last accepted "
+                "point. Check the loss for non-finite values, or raise "
+                "`max_evaluations_per_iteration`.",
+                stacklevel=2,
+            )
         return logs
 
-    # Reading the stop code costs one device-to-host copy per step, which is
-    # small next to the several loss evaluations of an L-BFGS step.
-    code = optimizer.stop_code
-    if code != lbfgs_module.RUNNING:
-        model.stop_training = True
-    if code == lbfgs_module.STOP_LINE_SEARCH_FAILED:
-        warnings.warn(
-            f"LBFGS stopped at iteration {int(optimizer.iterations.numpy())}: "
-            f"{optimizer.stop_reason}. The weights keep the last accepted "
-            "point. Check the loss for non-finite values, or raise "
-            "`max_evaluations_per_iteration`.",
-            stacklevel=2,
-        )
-    return logs
 
+class _Compiled:
+    """The compiled functions of one model, and the step that calls them."""
 
-def _build_metrics_before_tracing(model, iterator):
-    """Build compiled metrics and loss trackers eagerly, on one row of zeros.
-
-    Keras builds them inside the first train step. A `tf.function` whose
-    first trace creates variables is traced a second time, and the L-BFGS
-    step, with its line search loops, is expensive to trace. Building the
-    metrics first halves the time before the first iteration.
-    """
-    if all(getattr(metric, "built", True) for metric in model.metrics):
-        return
-    if model.distribute_strategy is not tf.distribute.get_strategy() or tf.distribute.has_strategy():
-        return
-    specs = getattr(iterator, "element_spec", None)
-    leaves = keras.tree.flatten(specs)
-    if not leaves or not all(
-        isinstance(spec, tf.TensorSpec) and spec.shape.rank is not None for spec in leaves
-    ):
-        return
-    row = keras.tree.map_structure(
-        lambda spec: tf.zeros([1 if d is None else d for d in spec.shape], spec.dtype), specs
-    )
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(row)
-    y_pred = model(x, training=False)
-    model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
-    model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-    model.reset_metrics()
-
-
-def _train_step(model, data):
-    optimizer = model.optimizer
-    if not isinstance(optimizer, LBFGS):
-        return type(model).train_step(model, data)
-
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    if not model.built:
-        # Subclassed models create their variables on the first call, and
-        # the optimizer's flat vector needs them all.
-        model(x, training=True)
-    variables = list(model.trainable_variables)
-    optimizer.build(variables)
-
-    # The whole iteration runs in cross-replica context because MirroredStrategy
-    # cannot all-reduce inside a while loop in replica context, and the line
-    # search must all-reduce every trial evaluation.
-    def iterate(strategy, x, y, sample_weight):
-        def evaluate(flat):
-            local = strategy.run(
-                functools.partial(_local_loss_and_gradient, model, variables),
-                args=(flat, x, y, sample_weight),
+    def __init__(self, model, data):
+        self.model = model
+        self.strategy = model.distribute_strategy
+        if not model.built:
+            # Subclassed models create their variables on the first call, and
+            # the optimizer's flat vector needs them all.
+            self.strategy.run(
+                lambda data: model(keras.utils.unpack_x_y_sample_weight(data)[0]),
+                args=(data,),
             )
-            return tuple(strategy.reduce("SUM", value, axis=None) for value in local)
+        self.variables = list(model.trainable_variables)
+        with self.strategy.scope():
+            model.optimizer.build(self.variables)
+        _build_metrics_before_tracing(model, data)
+        self.constrained = any(v.constraint is not None for v in self.variables)
+        self.distributed = not all(isinstance(leaf, tf.Tensor) for leaf in keras.tree.flatten(data))
+        self.start = tf.function(self._start, reduce_retracing=True, autograph=False)
+        self.evaluate = tf.function(self._evaluate, reduce_retracing=True, autograph=False)
+        self.assign = tf.function(self._assign, autograph=False)
+        self.finish = tf.function(self._finish, reduce_retracing=True, autograph=False)
+        self.concrete = {}
 
-        local_fingerprint = strategy.run(_batch_fingerprint, args=(x, y, sample_weight))
-        fingerprint = strategy.reduce("SUM", local_fingerprint, axis=None)
-        loss, flat = optimizer.iterate(variables, evaluate, fingerprint)
-        _assign(variables, flat, optimizer)
-        return loss
+    def _concrete(self, function, *args):
+        """Return `function` specialized to `args`, cached by the batch shapes.
 
-    replica_context = tf.distribute.get_replica_context()
-    loss = replica_context.merge_call(iterate, args=(x, y, sample_weight))
-    return _update_metrics(model, loss, x, y, sample_weight)
+        Calling a concrete function skips the argument matching of
+        `tf.function`, about a fifth of a call's time for the benchmark MLP.
+        Batches of distributed values keep the matching.
+        """
+        if self.distributed:
+            return function
+        key = (function.__name__,) + tuple(
+            (tuple(leaf.shape), leaf.dtype) for leaf in keras.tree.flatten(args)
+        )
+        if key not in self.concrete:
+            self.concrete[key] = function.get_concrete_function(*args)
+        return self.concrete[key]
+
+    def step(self, data):
+        """Run the L-BFGS iterations of one `fit` step on `data` and return the logs."""
+        optimizer = self.model.optimizer
+
+        if self.distributed:
+            flat, fingerprint = (value.numpy() for value in self.start(data))
+        else:
+            # Without replicas, NumPy reads the weights and the batch faster
+            # than a call of a compiled function.
+            flat = np.concatenate([np.ravel(variable.numpy()) for variable in self.variables])
+            fingerprint = _batch_fingerprint(data, np)
+        evaluate_at = self._concrete(self.evaluate, tf.constant(flat), data)
+
+        def evaluate(flat):
+            loss, gradient = evaluate_at(tf.constant(flat), data)
+            return float(loss), gradient.numpy()
+
+        loss = None
+        for _ in range(optimizer.iterations_per_step):
+            loss, flat = optimizer.iterate(flat, evaluate, fingerprint)
+            if self.constrained:
+                # A constraint moves the point away from where the loss and
+                # gradient were cached, so the next iteration evaluates them
+                # again.
+                flat = self.assign(tf.convert_to_tensor(flat)).numpy()
+                optimizer.invalidate_cache()
+            if int(optimizer._host["stop_code"]) != lbfgs_module.RUNNING:
+                break
+        args = (
+            tf.constant(flat),
+            tf.constant(loss, flat.dtype),
+            data,
+            [tf.constant(value) for value in optimizer.host_state()],
+        )
+        return self._concrete(self.finish, *args)(*args)
+
+    # The functions below are traced by tf.function and run in cross-replica
+    # context. Each calls `strategy.run` for the per-replica part and sums
+    # what the replicas return.
+
+    def _start(self, data):
+        local = self.strategy.run(_batch_fingerprint, args=(data, ops))
+        return pack(self.variables), self.strategy.reduce("SUM", local, axis=None)
+
+    def _evaluate(self, flat, data):
+        local = self.strategy.run(
+            functools.partial(_local_loss_and_gradient, self.model, self.variables),
+            args=(flat, data),
+        )
+        return tuple(self.strategy.reduce("SUM", value, axis=None) for value in local)
+
+    def _assign(self, flat):
+        for variable, value in zip(self.variables, unpack(flat, self.variables)):
+            variable.assign(value)
+            if variable.constraint is not None:
+                variable.assign(variable.constraint(variable))
+        return pack(self.variables)
+
+    def _finish(self, flat, loss, data, state):
+        self._assign(flat)
+        for variable, value in zip(self.model.optimizer._state_variables(), state):
+            variable.assign(value)
+        self.strategy.run(functools.partial(_update_metrics, self.model), args=(loss, data))
+        return self.model.get_metrics_result()
 
 
-def _assign(variables, flat, optimizer):
-    constrained = False
-    for variable, value in zip(variables, unpack(flat, variables)):
-        variable.assign(value)
-        if variable.constraint is not None:
-            variable.assign(variable.constraint(variable))
-            constrained = True
-
-    # A constraint moves the point away from where the loss and gradient were
-    # cached, so the next step must evaluate them again.
-    if constrained:
-        optimizer.invalidate_cache()
-
-
-def _local_loss_and_gradient(model, variables, flat, x, y, sample_weight):
+def _local_loss_and_gradient(model, variables, flat, data):
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     with tf.GradientTape() as tape:
         tape.watch(flat)
         mapping = list(zip(variables, unpack(flat, variables)))
@@ -220,6 +277,28 @@ def _local_loss_and_gradient(model, variables, flat, x, y, sample_weight):
     return ops.cast(loss, flat.dtype), gradient
 
 
+def _build_metrics_before_tracing(model, data):
+    """Build compiled metrics and loss trackers eagerly, on the first row of `data`.
+
+    Keras builds them inside the first call of the function that updates
+    them, and a `tf.function` whose first trace creates variables is traced
+    a second time. An eager pass on one row costs less than that trace.
+    Under a distribution strategy the rows are spread over replicas, and the
+    function is traced twice.
+    """
+    if all(getattr(metric, "built", True) for metric in model.metrics):
+        return
+    leaves = keras.tree.flatten(data)
+    if tf.distribute.has_strategy() or not all(isinstance(leaf, tf.Tensor) for leaf in leaves):
+        return
+    row = keras.tree.map_structure(lambda part: None if part is None else part[:1], data)
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(row)
+    y_pred = model(x, training=False)
+    model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
+    model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    model.reset_metrics()
+
+
 def _reject_state_updates(model, scope):
     # A forward pass that updates state (BatchNormalization statistics, the
     # seed of Dropout) makes the loss change between line search trials at
@@ -236,24 +315,36 @@ def _reject_state_updates(model, scope):
         )
 
 
-def _batch_fingerprint(x, y, sample_weight):
-    stats = [ops.cast(ops.shape(keras.tree.flatten(x)[0])[0], "float64")]
+def _batch_fingerprint(data, module):
+    """Return the row count and the sums and sums of squares of the batch.
+
+    `module` is `keras.ops` inside a compiled function or `numpy` on the host.
+    Both sum in float64.
+    """
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    first = keras.tree.flatten(x)[0]
+    if module is ops:
+        cast = lambda tensor: ops.cast(tensor, "float64")
+        stats = [cast(ops.shape(first)[0])]
+    else:
+        cast = lambda tensor: tensor.numpy().astype("float64")
+        stats = [np.float64(first.shape[0])]
     for part in (x, y, sample_weight):
-        leaves = [ops.cast(t, "float64") for t in keras.tree.flatten(part) if t is not None]
-        total = sum((ops.sum(t) for t in leaves), ops.zeros((), "float64"))
-        squares = sum((ops.sum(t * t) for t in leaves), ops.zeros((), "float64"))
-        stats.extend([total, squares])
-    return ops.stack(stats)
+        leaves = [cast(t) for t in keras.tree.flatten(part) if t is not None]
+        stats.append(sum((module.sum(t) for t in leaves), module.zeros((), "float64")))
+        stats.append(sum((module.sum(t * t) for t in leaves), module.zeros((), "float64")))
+    return module.stack(stats)
 
 
-def _update_metrics(model, loss, x, y, sample_weight):
+def _update_metrics(model, loss, data):
     # The weights now hold the accepted point, so this forward pass gives the
     # compiled metrics there; compute_loss also updates per-output loss
     # trackers of multi-output models.
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     y_pred = model(x, training=True)
     model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
     batch_rows = ops.shape(keras.tree.flatten(x)[0])[0]
     for metric in model.metrics:
         if metric.name == "loss":
             metric.update_state(loss, sample_weight=batch_rows)
-    return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+    model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)

@@ -57,6 +57,7 @@ class LossAbove:
         ("tolerance_grad", -1.0),
         ("tolerance_change", float("inf")),
         ("max_evaluations_per_iteration", True),
+        ("iterations_per_step", 0),
     ],
 )
 def test_constructor_rejects(argument, value):
@@ -73,6 +74,7 @@ def test_get_config_round_trip():
         tolerance_grad=1e-4,
         tolerance_change=1e-6,
         max_evaluations_per_iteration=7,
+        iterations_per_step=3,
         name="custom",
     )
 
@@ -193,24 +195,66 @@ class CountingDense(keras.layers.Dense):
         return super().call(inputs)
 
 
-def count_calls_of_first_fit(metrics):
+def count_calls_of_first_fit(metrics, epochs=2):
     x, y = least_squares_data()
     model = keras.Sequential([keras.Input((5,)), CountingDense(1)])
-    model.compile(optimizer=LBFGS(), loss="mse", metrics=metrics)
+    optimizer = LBFGS(tolerance_grad=0.0, tolerance_change=0.0)
+    model.compile(optimizer=optimizer, loss="mse", metrics=metrics)
     install_lbfgs_step(model)
     CountingDense.calls = 0
-    model.fit(x, y, batch_size=len(x), epochs=2, verbose=0)
+    model.fit(x, y, batch_size=len(x), epochs=epochs, verbose=0)
+    assert int(optimizer.iterations.numpy()) == epochs
     return CountingDense.calls
 
 
-def test_compiled_metrics_do_not_retrace_the_step():
-    # A step that creates metric variables on its first trace is traced
-    # twice by tf.function. The metrics are built eagerly first, with one
-    # eager forward pass, so the step is traced once, as without metrics.
+def test_compiled_metrics_do_not_retrace():
+    # A compiled function that creates metric variables on its first trace
+    # is traced twice by tf.function. The metrics are built eagerly first,
+    # with one eager forward pass, so each function is traced once: the
+    # loss and gradient, and the metrics update.
     without_metrics = count_calls_of_first_fit(metrics=None)
     with_metrics = count_calls_of_first_fit(metrics=["mae"])
 
+    assert without_metrics == 2
     assert with_metrics == without_metrics + 1
+
+
+def test_iterations_do_not_call_the_model_eagerly():
+    # The loss and gradient are traced once: more iterations add no Python
+    # calls of the model, whose eager calls would cost milliseconds each.
+    assert count_calls_of_first_fit(metrics=None, epochs=8) == count_calls_of_first_fit(
+        metrics=None, epochs=2
+    )
+
+
+def test_iterations_per_step_matches_one_per_step():
+    x, y = least_squares_data()
+    tolerances = {"tolerance_grad": 0.0, "tolerance_change": 0.0}
+    one_per_step = linear_model(LBFGS(**tolerances))
+    six_per_step = linear_model(LBFGS(iterations_per_step=6, **tolerances))
+    six_per_step.set_weights(one_per_step.get_weights())
+    one_per_step.fit(x, y, batch_size=len(x), epochs=6, shuffle=False, verbose=0)
+
+    history = six_per_step.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+
+    # The same six iterations, run back to back inside one step.
+    assert int(six_per_step.optimizer.iterations.numpy()) == 6
+    assert len(history.history["loss"]) == 1
+    assert six_per_step.optimizer.function_evaluations == one_per_step.optimizer.function_evaluations
+    for ours, reference in zip(six_per_step.get_weights(), one_per_step.get_weights()):
+        np.testing.assert_array_equal(ours, reference)
+
+
+def test_iterations_per_step_stops_at_convergence():
+    x, y = least_squares_data()
+    model = linear_model(LBFGS(iterations_per_step=500))
+
+    history = model.fit(x, y, batch_size=len(x), epochs=3, verbose=0)
+
+    # Convergence ends the step early and then fit.
+    assert len(history.history["loss"]) == 1
+    assert int(model.optimizer.iterations.numpy()) < 30
+    np.testing.assert_allclose(dense_weights(model), lstsq_solution(x, y), atol=1e-5)
 
 
 def test_full_batch_reuses_evaluations():

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_cost.optimizers import line_search
 
@@ -9,9 +8,8 @@ def one_dimensional(function):
     """Return `phi` for `function` of a scalar, with a length-1 gradient."""
 
     def phi(step):
-        value = ops.convert_to_tensor(step, "float64")
-        loss, slope = function(value)
-        return loss, ops.reshape(slope, (1,))
+        loss, slope = function(float(step))
+        return loss, np.array([slope], "float64")
 
     return phi
 
@@ -19,16 +17,8 @@ def one_dimensional(function):
 def run_search(search, function, initial_step, max_evaluations=25):
     phi = one_dimensional(function)
     loss, gradient = phi(0.0)
-    direction = ops.ones((1,), "float64")
-    return search.search(
-        phi,
-        loss,
-        gradient,
-        direction,
-        ops.convert_to_tensor(initial_step, "float64"),
-        ops.convert_to_tensor(max_evaluations, "int32"),
-        1e-12,
-    )
+    direction = np.ones((1,), "float64")
+    return search.search(phi, loss, gradient, direction, initial_step, max_evaluations, 1e-12)
 
 
 def parabola(t):
@@ -90,7 +80,7 @@ def test_strong_wolfe_zooms_long_step():
 def test_strong_wolfe_avoids_nan_region():
     def cliff(t):
         loss, slope = parabola(t)
-        return ops.where(t > 1.0, float("nan"), loss), slope
+        return (float("nan") if t > 1.0 else loss), slope
 
     result = run_search(line_search.StrongWolfe(), cliff, initial_step=5.0)
 
