@@ -92,7 +92,9 @@ class LBFGS(keras.optimizers.Optimizer):
 
     Mini-batches are allowed: each batch gets its own line search, started
     from a fresh evaluation on that batch, and the curvature history is kept
-    across batches. Each pair `(s, y)` comes from gradients of one batch, as
+    across batches. History's loss is measured after each step, on the batch
+    that step used, so with mini-batches it is lower than the loss over all
+    the data. Each pair `(s, y)` comes from gradients of one batch, as
     in online L-BFGS (Schraudolph et al., 2007). Consecutive steps that see
     the same batch (full-batch training, shuffled or not) reuse the loss and
     gradient at the accepted point instead of evaluating them again.
@@ -198,6 +200,10 @@ class LBFGS(keras.optimizers.Optimizer):
         self.iterations_per_step = iterations_per_step
         # The NumPy copy of the state during `fit`, filled by `load_host_state`.
         self._host = None
+        # The flat point where the cached loss and gradient were computed. It
+        # lives only in memory, so the first iteration after loading a model
+        # evaluates them again.
+        self._cached_point = None
 
     def build(self, variables):
         """Create the curvature history and the cached loss and gradient.
@@ -318,6 +324,10 @@ class LBFGS(keras.optimizers.Optimizer):
         self._host = {
             name: np.array(variable.numpy()) for name, variable in zip(names, self._state_variables())
         }
+        self.read_learning_rate()
+
+    def read_learning_rate(self):
+        """Copy `learning_rate` to the NumPy state, so that a change by a callback takes effect."""
         self._host["learning_rate"] = float(self.learning_rate.numpy())
 
     def host_state(self):
@@ -353,8 +363,15 @@ class LBFGS(keras.optimizers.Optimizer):
         if int(state["stop_code"]) != RUNNING:
             return float(state["cached_loss"]), start
 
-        same_batch = int(state["cache_valid"]) == 1 and _fingerprints_match(
-            state["fingerprint"], fingerprint
+        # The cache contains the loss and gradient of the last accepted point.
+        # They are reused only at that same point (the weights may have been
+        # set between two `fit` calls) and on the same batch.
+        cached = self._cached_point
+        same_point = cached is not None and (cached is start or np.array_equal(cached, start))
+        same_batch = (
+            same_point
+            and int(state["cache_valid"]) == 1
+            and _fingerprints_match(state["fingerprint"], fingerprint)
         )
         if same_batch:
             loss, gradient = float(state["cached_loss"]), state["cached_gradient"]
@@ -362,11 +379,12 @@ class LBFGS(keras.optimizers.Optimizer):
         else:
             loss, gradient = evaluate(start)
             evaluations = 1
+            _check_finite_start(loss, gradient)
         state["fingerprint"] = np.asarray(fingerprint, "float64")
         state["cache_valid"] = np.ones((), "int32")
 
         if float(np.max(np.abs(gradient))) <= self.tolerance_grad:
-            self._finish(STOP_GRADIENT, loss, gradient, evaluations)
+            self._finish(STOP_GRADIENT, start, loss, gradient, evaluations)
             return loss, start
 
         direction, history_length = self._direction(gradient, int(state["history_length"]))
@@ -395,7 +413,7 @@ class LBFGS(keras.optimizers.Optimizer):
             resolution = _ROUNDING_UNITS * _machine_epsilon(start.dtype) * max(abs(loss), 1.0)
             code = STOP_ROUNDING if predicted_decrease <= resolution else STOP_LINE_SEARCH_FAILED
             state["history_length"] = np.asarray(history_length, "int32")
-            self._finish(code, loss, gradient, evaluations)
+            self._finish(code, start, loss, gradient, evaluations)
             return loss, start
 
         step = np.asarray(result.step, start.dtype) * direction
@@ -412,10 +430,12 @@ class LBFGS(keras.optimizers.Optimizer):
             code = STOP_STEP
         elif int(state["iterations"]) >= self.max_iterations:
             code = STOP_MAX_ITERATIONS
-        self._finish(code, new_loss, new_gradient, evaluations)
-        return new_loss, start + step
+        new_point = start + step
+        self._finish(code, new_point, new_loss, new_gradient, evaluations)
+        return new_loss, new_point
 
-    def _finish(self, code, loss, gradient, evaluations):
+    def _finish(self, code, point, loss, gradient, evaluations):
+        self._cached_point = point
         state = self._host
         state["stop_code"] = np.asarray(code, "int32")
         state["cached_loss"] = np.asarray(loss, state["cached_loss"].dtype)
@@ -474,6 +494,17 @@ _STATE_NAMES = (
     "stop_code",
     "iterations",
 )
+
+
+def _check_finite_start(loss, gradient):
+    if math.isfinite(loss) and np.all(np.isfinite(gradient)):
+        return
+    what = f"the loss is {loss}" if not math.isfinite(loss) else "the gradient has NaN or inf values"
+    raise ValueError(
+        f"LBFGS cannot start an iteration because {what} at the current weights "
+        "on this batch. The weights are unchanged. Check the inputs and targets "
+        "for NaN or inf values, and the loss for log(0) or a division by zero."
+    )
 
 
 def _machine_epsilon(dtype):

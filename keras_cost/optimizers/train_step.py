@@ -124,9 +124,7 @@ class _TrainFunction:
                 if index == 0:
                     raise
                 break
-            data = keras.tree.map_structure(
-                lambda part: None if isinstance(part, tf.experimental.Optional) else part, data
-            )
+            data = keras.tree.map_structure(_as_step_input, data)
             if self.compiled is None:
                 self.compiled = _Compiled(model, data)
             if optimizer._host is None:
@@ -138,6 +136,16 @@ class _TrainFunction:
         code = int(optimizer._host["stop_code"])
         if code != lbfgs_module.RUNNING:
             model.stop_training = True
+        learning_rate = optimizer._host["learning_rate"]
+        if code == lbfgs_module.STOP_ROUNDING and learning_rate < 1.0:
+            warnings.warn(
+                f"LBFGS stopped at iteration {int(optimizer._host['iterations'])}: "
+                f"{optimizer.stop_reason}. With learning_rate={learning_rate:.3g}, the "
+                "first trial step of a line search may be too short to change the "
+                "loss. If the loss has not converged, raise learning_rate: 1.0 is "
+                "the natural step of L-BFGS.",
+                stacklevel=2,
+            )
         if code == lbfgs_module.STOP_LINE_SEARCH_FAILED:
             warnings.warn(
                 f"LBFGS stopped at iteration {int(optimizer._host['iterations'])}: "
@@ -147,6 +155,16 @@ class _TrainFunction:
                 stacklevel=2,
             )
         return logs
+
+
+def _as_step_input(part):
+    # fit's iterator marks missing parts with empty Optionals, and
+    # train_on_batch passes NumPy arrays.
+    if isinstance(part, tf.experimental.Optional):
+        return None
+    if isinstance(part, np.ndarray):
+        return tf.convert_to_tensor(part)
+    return part
 
 
 class _Compiled:
@@ -167,21 +185,20 @@ class _Compiled:
             model.optimizer.build(self.variables)
         _build_metrics_before_tracing(model, data)
         self.constrained = any(v.constraint is not None for v in self.variables)
-        self.distributed = not all(isinstance(leaf, tf.Tensor) for leaf in keras.tree.flatten(data))
         self.start = tf.function(self._start, reduce_retracing=True, autograph=False)
         self.evaluate = tf.function(self._evaluate, reduce_retracing=True, autograph=False)
         self.assign = tf.function(self._assign, autograph=False)
         self.finish = tf.function(self._finish, reduce_retracing=True, autograph=False)
         self.concrete = {}
 
-    def _concrete(self, function, *args):
+    def _concrete(self, function, distributed, *args):
         """Return `function` specialized to `args`, cached by the batch shapes.
 
         Calling a concrete function skips the argument matching of
         `tf.function`, about a fifth of a call's time for the benchmark MLP.
         Batches of distributed values keep the matching.
         """
-        if self.distributed:
+        if distributed:
             return function
         key = (function.__name__,) + tuple(
             (tuple(leaf.shape), leaf.dtype) for leaf in keras.tree.flatten(args)
@@ -194,19 +211,21 @@ class _Compiled:
         """Run the L-BFGS iterations of one `fit` step on `data` and return the logs."""
         optimizer = self.model.optimizer
 
-        if self.distributed:
+        distributed = not all(isinstance(leaf, tf.Tensor) for leaf in keras.tree.flatten(data))
+        if distributed:
             flat, fingerprint = (value.numpy() for value in self.start(data))
         else:
             # Without replicas, NumPy reads the weights and the batch faster
             # than a call of a compiled function.
             flat = np.concatenate([np.ravel(variable.numpy()) for variable in self.variables])
             fingerprint = _batch_fingerprint(data, np)
-        evaluate_at = self._concrete(self.evaluate, tf.constant(flat), data)
+        evaluate_at = self._concrete(self.evaluate, distributed, tf.constant(flat), data)
 
         def evaluate(flat):
             loss, gradient = evaluate_at(tf.constant(flat), data)
             return float(loss), gradient.numpy()
 
+        optimizer.read_learning_rate()
         loss = None
         for _ in range(optimizer.iterations_per_step):
             loss, flat = optimizer.iterate(flat, evaluate, fingerprint)
@@ -224,7 +243,7 @@ class _Compiled:
             data,
             [tf.constant(value) for value in optimizer.host_state()],
         )
-        return self._concrete(self.finish, *args)(*args)
+        return self._concrete(self.finish, distributed, *args)(*args)
 
     # The functions below are traced by tf.function and run in cross-replica
     # context. Each calls `strategy.run` for the per-replica part and sums
@@ -309,9 +328,9 @@ def _reject_state_updates(model, scope):
     if updated:
         raise ValueError(
             "LBFGS needs a deterministic loss, but the forward pass in training "
-            f"mode updates the variables {updated}. Remove Dropout and "
-            "BatchNormalization layers, or freeze them with `layer.trainable = False` "
-            "before compiling."
+            f"mode updates the variables {updated}. Remove Dropout and other "
+            "random layers, and freeze BatchNormalization layers with "
+            "`layer.trainable = False` before compiling."
         )
 
 

@@ -245,6 +245,17 @@ def test_iterations_per_step_matches_one_per_step():
         np.testing.assert_array_equal(ours, reference)
 
 
+def test_train_on_batch_runs_one_iteration():
+    x, y = least_squares_data()
+    model = linear_model()
+
+    first = model.train_on_batch(x, y, return_dict=True)["loss"]
+    second = model.train_on_batch(x, y, return_dict=True)["loss"]
+
+    assert int(model.optimizer.iterations.numpy()) == 2
+    assert second < first
+
+
 def test_iterations_per_step_stops_at_convergence():
     x, y = least_squares_data()
     model = linear_model(LBFGS(iterations_per_step=500))
@@ -425,8 +436,53 @@ def test_dropout_rejected():
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dropout(0.5), keras.layers.Dense(1)])
     model.compile(optimizer=LBFGS(), loss="mse")
     install_lbfgs_step(model)
-    with pytest.raises(ValueError, match="deterministic loss"):
+    with pytest.raises(ValueError, match="deterministic loss") as error:
         model.fit(x, y, batch_size=16, verbose=0)
+    assert "Remove Dropout" in str(error.value)
+
+
+def test_nan_data_raises_before_update():
+    x, y = least_squares_data(16)
+    x[3, 2] = np.nan
+    model = linear_model()
+    before = [w.copy() for w in model.get_weights()]
+
+    with pytest.raises(ValueError, match="the loss is nan"):
+        model.fit(x, y, batch_size=16, verbose=0)
+
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(new, old)
+
+
+def test_set_weights_between_fits_evaluates_again():
+    x, y = least_squares_data()
+    model = linear_model()
+    start = model.get_weights()
+    model.fit(x, y, batch_size=len(x), epochs=5, verbose=0)
+    model.set_weights(start)
+    loss_at_start = model.evaluate(x, y, batch_size=len(x), verbose=0)
+
+    history = model.fit(x, y, batch_size=len(x), epochs=5, verbose=0)
+
+    # The loss and gradient cached at the end of the first fit belong to
+    # other weights, so the second fit must start from a new evaluation.
+    assert model.optimizer.stop_reason != STOP_REASONS[5]
+    assert history.history["loss"][-1] < 0.1 * loss_at_start
+    evaluated = model.evaluate(x, y, batch_size=len(x), verbose=0)
+    assert history.history["loss"][-1] == pytest.approx(evaluated, rel=1e-5)
+
+
+def test_learning_rate_callback_takes_effect():
+    x, y = least_squares_data()
+    model = linear_model()
+    # A step of 1e-12 changes this loss by less than float32 rounding.
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch, rate: 1.0 if epoch == 0 else 1e-12)
+
+    with pytest.warns(UserWarning, match="learning_rate=1e-12"):
+        history = model.fit(x, y, batch_size=len(x), epochs=10, callbacks=[schedule], verbose=0)
+
+    assert len(history.history["loss"]) == 2
+    assert model.optimizer.stop_reason == STOP_REASONS[6]
 
 
 def square_root_loss(y_true, y_pred):
