@@ -112,6 +112,7 @@ class _TrainFunction:
     def __init__(self, model):
         self.model = model
         self.compiled = None
+        self.first_iteration = None
 
     def __call__(self, iterator):
         model = self.model
@@ -129,6 +130,7 @@ class _TrainFunction:
                 self.compiled = _Compiled(model, data)
             if optimizer._host is None:
                 optimizer.load_host_state()
+                self.first_iteration = int(optimizer._host["iterations"]) + 1
             logs = self.compiled.step(data)
             if int(optimizer._host["stop_code"]) != lbfgs_module.RUNNING:
                 break
@@ -137,13 +139,21 @@ class _TrainFunction:
         if code != lbfgs_module.RUNNING:
             model.stop_training = True
         learning_rate = optimizer._host["learning_rate"]
-        if code == lbfgs_module.STOP_ROUNDING and learning_rate < 1.0:
+        iteration = int(optimizer._host["iterations"])
+        # Stopping on a small change at the first iteration of a fit can mean
+        # that the first trial step was too short to change the loss.
+        small_change = code in (
+            lbfgs_module.STOP_LOSS_CHANGE,
+            lbfgs_module.STOP_STEP,
+            lbfgs_module.STOP_ROUNDING,
+        )
+        if small_change and learning_rate < 1.0 and iteration == self.first_iteration:
             warnings.warn(
-                f"LBFGS stopped at iteration {int(optimizer._host['iterations'])}: "
-                f"{optimizer.stop_reason}. With learning_rate={learning_rate:.3g}, the "
-                "first trial step of a line search may be too short to change the "
-                "loss. If the loss has not converged, raise learning_rate: 1.0 is "
-                "the natural step of L-BFGS.",
+                f"LBFGS stopped at iteration {iteration}: {optimizer.stop_reason}. "
+                f"With learning_rate={learning_rate:.3g}, the first trial step of "
+                "the line search may be too short to change the loss. If the loss "
+                "has not converged, raise learning_rate: 1.0 is the natural step "
+                "of L-BFGS.",
                 stacklevel=2,
             )
         if code == lbfgs_module.STOP_LINE_SEARCH_FAILED:
