@@ -242,11 +242,11 @@ def main():
     # `optimizer.step(closure)` with `max_iter` runs them.
     model, objective, accuracy, seconds = run_keras(
         LBFGS(max_iterations=args.max_iterations, iterations_per_step=args.max_iterations, **tolerances),
-        (x, y), x, y, x_test, y_test, l2, start,
-        batch_size=len(x), epochs=1, shuffle=False,
+        dataset, x, y, x_test, y_test, l2, start,
+        steps_per_epoch=1, epochs=1,
     )
     evaluations = model.optimizer.function_evaluations
-    name = f"keras-cost LBFGS, arrays, iterations_per_step={args.max_iterations}, 1 epoch"
+    name = f"keras-cost LBFGS, dataset, iterations_per_step={args.max_iterations}, 1 step"
     rows.append((name, objective, accuracy, seconds, evaluations))
 
     # What fit alone costs for as many steps: a plain gradient step of

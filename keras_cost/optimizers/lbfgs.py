@@ -477,7 +477,9 @@ class LBFGS(keras.optimizers.Optimizer):
         state = self._host
         if float(np.dot(step, gradient_change)) > _MIN_CURVATURE:
             for name, row in (("s_history", step), ("y_history", gradient_change)):
-                state[name] = np.concatenate([state[name][1:], row[None]], axis=0)
+                history = state[name]
+                history[:-1] = history[1:]
+                history[-1] = row
             history_length = min(history_length + 1, self.history_size)
         state["history_length"] = np.asarray(history_length, "int32")
 
@@ -514,6 +516,8 @@ def _machine_epsilon(dtype):
 
 
 def _fingerprints_match(stored, current):
+    if stored is current:
+        return True
     scale = np.maximum(np.abs(stored), 1.0)
     return bool(np.all(np.abs(stored - current) <= _FINGERPRINT_TOLERANCE * scale))
 

@@ -63,20 +63,22 @@ def cubic_minimizer(a, b, lower, upper):
     step_b, loss_b, slope_b = (float(value) for value in b)
     lower, upper = float(lower), float(upper)
     midpoint = 0.5 * (lower + upper)
-    # Infinite losses and equal steps give inf or nan below, which means that
-    # no cubic fits. NumPy scalars return inf and nan instead of raising.
-    with np.errstate(all="ignore"):
-        d1 = slope_a + slope_b - 3.0 * np.float64(loss_a - loss_b) / (step_a - step_b)
+    # Python floats give inf or nan for infinite losses instead of raising,
+    # and both mean that no cubic fits. Equal steps raise ZeroDivisionError.
+    try:
+        d1 = slope_a + slope_b - 3.0 * (loss_a - loss_b) / (step_a - step_b)
         square = d1 * d1 - slope_a * slope_b
         if not square >= 0.0:
             return midpoint
-        d2 = math.copysign(1.0, step_b - step_a) * np.sqrt(square)
+        d2 = math.copysign(math.sqrt(square), step_b - step_a)
         candidate = step_b - (step_b - step_a) * (slope_b + d2 - d1) / (
             slope_b - slope_a + 2.0 * d2
         )
-    if not np.isfinite(candidate):
+    except ZeroDivisionError:
         return midpoint
-    return float(min(max(candidate, lower), upper))
+    if not math.isfinite(candidate):
+        return midpoint
+    return min(max(candidate, lower), upper)
 
 
 class StrongWolfe:
