@@ -30,16 +30,17 @@ from keras_cost.optimizers.lbfgs import LBFGS, pack, unpack
 
 
 def install_lbfgs_step(model):
-    """Route `model.fit` through the L-BFGS train step of `model.optimizer`.
+    """Route `model.fit` through the L-BFGS iterations of `model.optimizer`.
 
     Call it after `model.compile(optimizer=LBFGS(...))` and before `fit`. It
     replaces the model's train function by one that runs one L-BFGS
     iteration per batch (`iterations_per_step` of them, if set), and that
     stops `fit` (`model.stop_training = True`) once
     `model.optimizer.stop_reason` is set.
-    Recompiling with another optimizer restores the model's own train step.
-    A model loaded from a `.keras` file comes back compiled with `LBFGS` but
-    without the installed step, so call this function again before `fit`.
+    Recompiling with another optimizer restores the model's own train
+    function. A model loaded from a `.keras` file comes back compiled with
+    `LBFGS` but without this change, so call this function again before
+    `fit`.
 
     Why a function: the optimizer alone cannot do it, because Keras hands an
     optimizer gradients but never the model, the loss or the batch. A model
