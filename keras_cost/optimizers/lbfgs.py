@@ -501,9 +501,12 @@ _STATE_NAMES = (
 def _check_finite_start(loss, gradient):
     if math.isfinite(loss) and np.all(np.isfinite(gradient)):
         return
-    what = f"the loss is {loss}" if not math.isfinite(loss) else "the gradient has NaN or inf values"
+    if math.isfinite(loss):
+        problem = "the gradient has NaN or inf values"
+    else:
+        problem = f"the loss is {loss}"
     raise ValueError(
-        f"LBFGS cannot start an iteration because {what} at the current weights "
+        f"LBFGS cannot start an iteration because {problem} at the current weights "
         "on this batch. The weights are unchanged. Check the inputs and targets "
         "for NaN or inf values, and the loss for log(0) or a division by zero."
     )

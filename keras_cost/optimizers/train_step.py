@@ -159,13 +159,18 @@ class _TrainFunction:
             )
         if code == lbfgs_module.STOP_LINE_SEARCH_FAILED:
             warnings.warn(
-                f"LBFGS stopped at iteration {int(optimizer._host['iterations'])}: "
+                f"LBFGS stopped at iteration {iteration}: "
                 f"{optimizer.stop_reason}. The weights keep the last accepted "
                 "point. Check the loss for non-finite values, or raise "
                 "`max_evaluations_per_iteration`.",
                 stacklevel=2,
             )
         return logs
+
+
+def _is_distributed(data):
+    # Per-replica values of a distribution strategy are not plain tensors.
+    return not all(isinstance(leaf, tf.Tensor) for leaf in keras.tree.flatten(data))
 
 
 def _as_step_input(part):
@@ -222,7 +227,7 @@ class _Compiled:
         """Run the L-BFGS iterations of one `fit` step on `data` and return the logs."""
         optimizer = self.model.optimizer
 
-        distributed = not all(isinstance(leaf, tf.Tensor) for leaf in keras.tree.flatten(data))
+        distributed = _is_distributed(data)
         if distributed:
             flat, fingerprint = (value.numpy() for value in self.start(data))
         else:
@@ -244,7 +249,7 @@ class _Compiled:
                 # A constraint moves the point away from where the loss and
                 # gradient were cached, so the next iteration evaluates them
                 # again.
-                flat = self.assign(tf.convert_to_tensor(flat)).numpy()
+                flat = self.assign(tf.constant(flat)).numpy()
                 optimizer.invalidate_cache()
             if int(optimizer._host["stop_code"]) != lbfgs_module.RUNNING:
                 break
@@ -318,8 +323,7 @@ def _build_metrics_before_tracing(model, data):
     """
     if all(getattr(metric, "built", True) for metric in model.metrics):
         return
-    leaves = keras.tree.flatten(data)
-    if tf.distribute.has_strategy() or not all(isinstance(leaf, tf.Tensor) for leaf in leaves):
+    if tf.distribute.has_strategy() or _is_distributed(data):
         return
     row = keras.tree.map_structure(lambda part: None if part is None else part[:1], data)
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(row)
