@@ -1,11 +1,9 @@
 """The L-BFGS optimizer: its settings, its state and one iteration."""
 
-import itertools
 import math
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_cost.optimizers import line_search as line_search_module
 
@@ -320,10 +318,15 @@ class LBFGS(keras.optimizers.Optimizer):
 
     def load_host_state(self):
         """Copy the state variables into NumPy arrays, where `iterate` works on them."""
-        names = _STATE_NAMES
-        self._host = {
-            name: np.array(variable.numpy()) for name, variable in zip(names, self._state_variables())
+        host = {
+            name: np.array(variable.numpy())
+            for name, variable in zip(_STATE_NAMES, self._state_variables())
         }
+        # Keras wraps a dict set as an optimizer attribute in a tracking dict
+        # that checks the type of every value written to it, and `iterate`
+        # writes this one several times per iteration. It holds no variables,
+        # so it is set without tracking.
+        object.__setattr__(self, "_host", host)
         self.read_learning_rate()
 
     def read_learning_rate(self):
@@ -524,19 +527,3 @@ def _fingerprints_match(stored, current):
     scale = np.maximum(np.abs(stored), 1.0)
     return bool(np.all(np.abs(stored - current) <= _FINGERPRINT_TOLERANCE * scale))
 
-
-def pack(variables):
-    """Return the values of `variables` concatenated into one flat vector."""
-    return ops.concatenate([ops.reshape(v, (-1,)) for v in variables], axis=0)
-
-
-def unpack(flat, variables):
-    """Split a flat vector into tensors shaped and typed like `variables`."""
-    sizes = [math.prod(variable.shape) for variable in variables]
-    # One split, whose gradient is one concatenation, instead of a slice per
-    # variable, whose gradients are each a full-size vector to add up.
-    pieces = ops.split(flat, list(itertools.accumulate(sizes))[:-1]) if len(sizes) > 1 else [flat]
-    return [
-        ops.cast(ops.reshape(piece, variable.shape), variable.dtype)
-        for piece, variable in zip(pieces, variables)
-    ]

@@ -10,14 +10,17 @@ and `fit`, `History`, callbacks and `model.stop_training` keep working.
 The train function is plain Python around compiled TensorFlow functions,
 each traced once per model. One returns the loss and the flat gradient at a
 flat point. Another writes the accepted point, the optimizer state and the
-metrics. The L-BFGS iteration in between runs in NumPy (see `LBFGS`). An
-earlier version compiled the whole iteration, line search loops included,
-into the train step. Tracing that graph took about 1 s on the digits MLP of
+metrics; the first step runs it eagerly, because tracing it costs more than
+one eager run, so a fit of one step traces only the loss and gradient. The
+L-BFGS iteration in between runs in NumPy (see `LBFGS`). An earlier version
+compiled the whole iteration, line search loops included, into the train
+step. Tracing that graph took about 1 s on the digits MLP of
 `benchmarks/lbfgs_benchmark.py`, more than `torch.optim.LBFGS` needs for 500
 iterations of it.
 """
 
 import functools
+import math
 import warnings
 
 import keras
@@ -26,7 +29,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_cost.optimizers import lbfgs as lbfgs_module
-from keras_cost.optimizers.lbfgs import LBFGS, pack, unpack
+from keras_cost.optimizers.lbfgs import LBFGS
 
 
 def install_lbfgs_step(model):
@@ -206,6 +209,7 @@ class _Compiled:
         self.assign = tf.function(self._assign, autograph=False)
         self.finish = tf.function(self._finish, reduce_retracing=True, autograph=False)
         self.concrete = {}
+        self.finished_steps = 0
 
     def _concrete(self, function, distributed, *args):
         """Return `function` specialized to `args`, cached by the batch shapes.
@@ -259,6 +263,13 @@ class _Compiled:
             data,
             [tf.constant(value) for value in optimizer.host_state()],
         )
+        self.finished_steps += 1
+        if self.finished_steps == 1 and not distributed:
+            # Eagerly, the first update takes about 10 ms on the benchmark
+            # MLP; tracing it and its first compiled call take about 80 ms.
+            # A fit of one step, as with a large `iterations_per_step`, never
+            # calls it again.
+            return self._finish(*args)
         return self._concrete(self.finish, distributed, *args)(*args)
 
     # The functions below are traced by tf.function and run in cross-replica
@@ -382,3 +393,21 @@ def _update_metrics(model, loss, data):
         if metric.name == "loss":
             metric.update_state(loss, sample_weight=batch_rows)
     model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def pack(variables):
+    """Return the values of `variables` concatenated into one flat vector."""
+    return tf.concat([tf.reshape(v, (-1,)) for v in variables], axis=0)
+
+
+def unpack(flat, variables):
+    """Split a flat vector into tensors shaped and typed like `variables`."""
+    # One split, whose gradient is one concatenation, instead of a slice per
+    # variable, whose gradients are each a full-size vector to add up.
+    # `tf.split` takes the sizes as Python ints; `keras.ops.split` computes
+    # them in the graph, which costs 5 ms more to trace on the benchmark MLP.
+    sizes = [math.prod(variable.shape) for variable in variables]
+    return [
+        tf.cast(tf.reshape(piece, variable.shape), variable.dtype)
+        for piece, variable in zip(tf.split(flat, sizes), variables)
+    ]

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import scipy.optimize
+import tensorflow as tf
 from keras import ops
 
 import keras_cost
@@ -186,22 +187,22 @@ def test_metrics_at_accepted_point():
 
 
 class CountingDense(keras.layers.Dense):
-    """A Dense layer that counts its Python calls, that is, traces plus eager calls."""
+    """A Dense layer that records its Python calls: "graph" for a trace, "eager" otherwise."""
 
-    calls = 0
+    calls = []
 
     def call(self, inputs):
-        CountingDense.calls += 1
+        CountingDense.calls.append("eager" if tf.executing_eagerly() else "graph")
         return super().call(inputs)
 
 
-def count_calls_of_first_fit(metrics, epochs=2):
+def calls_of_first_fit(metrics, epochs=2):
     x, y = least_squares_data()
     model = keras.Sequential([keras.Input((5,)), CountingDense(1)])
     optimizer = LBFGS(tolerance_grad=0.0, tolerance_change=0.0)
     model.compile(optimizer=optimizer, loss="mse", metrics=metrics)
     install_lbfgs_step(model)
-    CountingDense.calls = 0
+    CountingDense.calls = []
     model.fit(x, y, batch_size=len(x), epochs=epochs, verbose=0)
     assert int(optimizer.iterations.numpy()) == epochs
     return CountingDense.calls
@@ -210,19 +211,26 @@ def count_calls_of_first_fit(metrics, epochs=2):
 def test_compiled_metrics_do_not_retrace():
     # A compiled function that creates metric variables on its first trace
     # is traced twice by tf.function. The metrics are built eagerly first,
-    # with one eager forward pass, so each function is traced once: the
-    # loss and gradient, and the metrics update.
-    without_metrics = count_calls_of_first_fit(metrics=None)
-    with_metrics = count_calls_of_first_fit(metrics=["mae"])
+    # with one eager forward pass on one row, so each function is traced
+    # once: the loss and gradient, and, at the second step, the update of
+    # the weights and metrics. The first update runs eagerly.
+    without_metrics = calls_of_first_fit(metrics=None)
+    with_metrics = calls_of_first_fit(metrics=["mae"])
 
-    assert without_metrics == 2
-    assert with_metrics == without_metrics + 1
+    assert without_metrics == ["graph", "eager", "graph"]
+    assert with_metrics == ["eager"] + without_metrics
+
+
+def test_one_step_fit_traces_only_the_loss_and_gradient():
+    # Tracing the update of the weights and metrics costs more than running
+    # it eagerly once, and a fit of one step never runs it again.
+    assert calls_of_first_fit(metrics=None, epochs=1) == ["graph", "eager"]
 
 
 def test_iterations_do_not_call_the_model_eagerly():
     # The loss and gradient are traced once: more iterations add no Python
     # calls of the model, whose eager calls would cost milliseconds each.
-    assert count_calls_of_first_fit(metrics=None, epochs=8) == count_calls_of_first_fit(
+    assert calls_of_first_fit(metrics=None, epochs=8) == calls_of_first_fit(
         metrics=None, epochs=2
     )
 
