@@ -324,8 +324,8 @@ class LBFGS(keras.optimizers.Optimizer):
         }
         # Keras wraps a dict set as an optimizer attribute in a tracking dict
         # that checks the type of every value written to it, and `iterate`
-        # writes this one several times per iteration. It holds no variables,
-        # so it is set without tracking.
+        # writes this one several times per iteration. Its values are NumPy
+        # arrays, not variables, so it is set without tracking.
         object.__setattr__(self, "_host", host)
         self.read_learning_rate()
 

@@ -10,11 +10,11 @@ and `fit`, `History`, callbacks and `model.stop_training` keep working.
 The train function is plain Python around compiled TensorFlow functions,
 each traced once per model. One returns the loss and the flat gradient at a
 flat point. Another writes the accepted point, the optimizer state and the
-metrics; the first step runs it eagerly, because tracing it costs more than
-one eager run, so a fit of one step traces only the loss and gradient. The
-L-BFGS iteration in between runs in NumPy (see `LBFGS`). An earlier version
-compiled the whole iteration, line search loops included, into the train
-step. Tracing that graph took about 1 s on the digits MLP of
+metrics. Tracing that update costs more than one eager run of it, so the
+first step runs it eagerly, and a fit of one step traces only the loss and
+gradient. The L-BFGS iteration in between runs in NumPy (see `LBFGS`). An
+earlier version compiled the whole iteration, line search loops included,
+into the train step. Tracing that graph took about 1 s on the digits MLP of
 `benchmarks/lbfgs_benchmark.py`, more than `torch.optim.LBFGS` needs for 500
 iterations of it.
 """

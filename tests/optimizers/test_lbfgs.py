@@ -221,7 +221,7 @@ def test_compiled_metrics_do_not_retrace():
     assert with_metrics == ["eager"] + without_metrics
 
 
-def test_one_step_fit_traces_only_the_loss_and_gradient():
+def test_one_step_fit_updates_eagerly():
     # Tracing the update of the weights and metrics costs more than running
     # it eagerly once, and a fit of one step never runs it again.
     assert calls_of_first_fit(metrics=None, epochs=1) == ["graph", "eager"]
