@@ -116,6 +116,14 @@ class LBFGS(keras.optimizers.Optimizer):
     0.6 s. Pass `shuffle=False` with arrays: order does not change a
     full-batch loss.
 
+    Weight constraints (`kernel_constraint=...`) are applied after each
+    iteration, where Keras 3 optimizers apply them after each update. The
+    loss and gradient are then evaluated again at the constrained weights,
+    for History and for the next iteration. The line search does not know
+    the constraint, so a projection can raise the loss. For bounds on the
+    weights, `scipy.optimize.minimize(method="L-BFGS-B")` handles them
+    exactly.
+
     Only the float32 and float64 policies are supported, because
     `mixed_float16` wraps the optimizer in a `LossScaleOptimizer`. Models
     whose training-mode forward pass updates state (Dropout,
@@ -346,9 +354,18 @@ class LBFGS(keras.optimizers.Optimizer):
             self._stop_code.assign(RUNNING)
         self._host = None
 
-    def invalidate_cache(self):
-        """Make the next iteration evaluate the loss and gradient instead of reusing them."""
-        self._host["cache_valid"] = np.zeros((), "int32")
+    def move_to(self, point, loss, gradient):
+        """Make `point` the current point, with the loss and gradient of one more evaluation.
+
+        The train function calls this when a weight constraint moved the
+        accepted point, so that History and the next iteration use the loss
+        and gradient of the weights actually stored. A non-finite loss or
+        gradient is not cached, so the next iteration evaluates it again and
+        raises its usual error.
+        """
+        self._finish(int(self._host["stop_code"]), point, loss, gradient, 1)
+        finite = math.isfinite(loss) and np.all(np.isfinite(gradient))
+        self._host["cache_valid"] = np.asarray(1 if finite else 0, "int32")
 
     def iterate(self, start, evaluate, fingerprint):
         """Run one L-BFGS iteration from the flat point `start`.

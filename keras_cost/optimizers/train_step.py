@@ -250,11 +250,14 @@ class _Compiled:
         for _ in range(optimizer.iterations_per_step):
             loss, flat = optimizer.iterate(flat, evaluate, fingerprint)
             if self.constrained:
-                # A constraint moves the point away from where the loss and
-                # gradient were cached, so the next iteration evaluates them
-                # again.
-                flat = self.assign(tf.constant(flat)).numpy()
-                optimizer.invalidate_cache()
+                # A constraint can move the accepted point. The loss and
+                # gradient there are evaluated once, for History and for the
+                # next iteration.
+                projected = self.assign(tf.constant(flat)).numpy()
+                if not np.array_equal(projected, flat):
+                    loss, gradient = evaluate(projected)
+                    optimizer.move_to(projected, loss, gradient)
+                    flat = projected
             if int(optimizer._host["stop_code"]) != lbfgs_module.RUNNING:
                 break
         args = (
@@ -265,10 +268,10 @@ class _Compiled:
         )
         self.finished_steps += 1
         if self.finished_steps == 1 and not distributed:
-            # Eagerly, the first update takes about 10 ms on the benchmark
-            # MLP; tracing it and its first compiled call take about 80 ms.
-            # A fit of one step, as with a large `iterations_per_step`, never
-            # calls it again.
+            # On the benchmark MLP and 2 CPU cores, the update takes about
+            # 10 ms eagerly, and tracing it plus its first compiled call take
+            # about 80 ms. A fit of one step, as with a large
+            # `iterations_per_step`, never calls it again.
             return self._finish(*args)
         return self._concrete(self.finish, distributed, *args)(*args)
 
@@ -404,7 +407,7 @@ def unpack(flat, variables):
     """Split a flat vector into tensors shaped and typed like `variables`."""
     # One split, whose gradient is one concatenation, instead of a slice per
     # variable, whose gradients are each a full-size vector to add up.
-    # `tf.split` takes the sizes as Python ints; `keras.ops.split` computes
+    # `tf.split` takes the sizes as Python ints. `keras.ops.split` computes
     # them in the graph, which costs 5 ms more to trace on the benchmark MLP.
     sizes = [math.prod(variable.shape) for variable in variables]
     return [

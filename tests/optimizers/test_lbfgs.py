@@ -188,6 +188,25 @@ def test_metrics_at_accepted_point(epochs):
     assert history.history["loss"][-1] == pytest.approx(evaluated["loss"], rel=1e-5)
 
 
+def test_constrained_history_matches_evaluate():
+    # Two true weights are negative, so NonNeg moves the accepted point.
+    x, y = least_squares_data()
+    model = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(1, kernel_constraint=keras.constraints.NonNeg())]
+    )
+    model.compile(optimizer=LBFGS(), loss="mse")
+    install_lbfgs_step(model)
+
+    history = model.fit(x, y, batch_size=len(x), epochs=3, verbose=0)
+    after_fit = model.evaluate(x, y, batch_size=len(x), verbose=0)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    after_batch = model.evaluate(x, y, batch_size=len(x), verbose=0)
+
+    assert np.all(model.layers[0].kernel.numpy() >= 0.0)
+    assert history.history["loss"][-1] == pytest.approx(after_fit, rel=1e-5)
+    assert logs["loss"] == pytest.approx(after_batch, rel=1e-5)
+
+
 class CountingDense(keras.layers.Dense):
     """A Dense layer that records its Python calls: "graph" for a trace, "eager" otherwise."""
 
