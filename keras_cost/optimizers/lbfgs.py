@@ -96,6 +96,10 @@ class LBFGS(keras.optimizers.Optimizer):
     in online L-BFGS (Schraudolph et al., 2007). Consecutive steps that see
     the same batch (full-batch training, shuffled or not) reuse the loss and
     gradient at the accepted point instead of evaluating them again.
+    Weights set between two `fit` calls (`set_weights`, or
+    `EarlyStopping(restore_best_weights=True)`) are evaluated afresh, but
+    the curvature history is kept. To start without it, compile with a new
+    `LBFGS`.
 
     Stopping uses `|f|`, so negative losses converge: training stops when
     `max|g| <= tolerance_grad`, when
