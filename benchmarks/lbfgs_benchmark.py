@@ -14,8 +14,9 @@ single `optimizer.step(closure)` does.
 
 That row and the two torch rows are the head-to-head comparison. They take
 about half a second each, so the script runs them `--repeats` times in
-turn, ours then torch with 1 and 2 threads, and reports the median and the
-range. A single run can be 20% off on a shared machine.
+turn, ours then torch with 1 and 2 threads, and reports the median and
+every run. On the shared 2-core machine of RESULTS.md, single runs were up
+to 25% off their median.
 
 Run:
     python benchmarks/lbfgs_benchmark.py
@@ -220,7 +221,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size for Adam and SGD")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shared initial weights")
     parser.add_argument(
-        "--repeats", type=int, default=5, help="runs of the head-to-head rows; the table shows the median"
+        "--repeats", type=int, default=5, help="runs of each head-to-head row, whose median the table shows"
     )
     args = parser.parse_args()
     if args.repeats < 1:
@@ -309,7 +310,7 @@ def main():
             )
             repeated[name].append((objective, accuracy, seconds, evaluations))
     for name, runs in repeated.items():
-        # Every run of a method reaches the same point; only the time varies.
+        # Every run of a method reaches the same point, so only the time varies.
         objective, accuracy, _, evaluations = runs[0]
         rows.append((name, objective, accuracy, [seconds for _, _, seconds, _ in runs], evaluations))
 

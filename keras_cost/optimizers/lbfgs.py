@@ -337,10 +337,10 @@ class LBFGS(keras.optimizers.Optimizer):
             name: np.array(variable.numpy())
             for name, variable in zip(_STATE_NAMES, self._state_variables())
         }
-        # Keras wraps a dict set as an optimizer attribute in a tracking dict
-        # that checks the type of every value written to it, and `iterate`
-        # writes this one several times per iteration. Its values are NumPy
-        # arrays, not variables, so it is set without tracking.
+        # Keras wraps a dict attribute of an optimizer in a TrackedDict, which
+        # type-checks every write, and `iterate` writes this dict several
+        # times per iteration. It contains only NumPy arrays, so it skips
+        # tracking.
         object.__setattr__(self, "_host", host)
         self.read_learning_rate()
 
@@ -359,13 +359,12 @@ class LBFGS(keras.optimizers.Optimizer):
         self._host = None
 
     def move_to(self, point, loss, gradient):
-        """Make `point` the current point, with the loss and gradient of one more evaluation.
+        """Set `point` as the current point, with its loss and gradient from one more evaluation.
 
-        The train function calls this when a weight constraint moved the
-        accepted point, so that History and the next iteration use the loss
-        and gradient of the weights actually stored. A non-finite loss or
-        gradient is not cached, so the next iteration evaluates it again and
-        raises its usual error.
+        The train function calls this after a weight constraint moved the
+        accepted point, so that History and the next iteration use the
+        weights actually stored. A non-finite loss or gradient is not cached,
+        so the next iteration evaluates it again and raises its usual error.
         """
         self._finish(int(self._host["stop_code"]), point, loss, gradient, 1)
         finite = math.isfinite(loss) and np.all(np.isfinite(gradient))

@@ -175,7 +175,7 @@ def test_loss_decreases_every_iteration():
     assert all(later <= earlier for earlier, later in zip(losses, losses[1:]))
 
 
-# The first step updates the metrics eagerly, later steps in a compiled function.
+# The first step updates the metrics eagerly, and later steps in a compiled function.
 @pytest.mark.parametrize("epochs", [1, 3])
 def test_metrics_at_accepted_point(epochs):
     x, y = least_squares_data()
@@ -230,11 +230,10 @@ def calls_of_first_fit(metrics, epochs=2):
 
 
 def test_compiled_metrics_do_not_retrace():
-    # A compiled function that creates metric variables on its first trace
-    # is traced twice by tf.function. The metrics are built eagerly first,
-    # with one eager forward pass on one row, so each function is traced
-    # once: the loss and gradient, and, at the second step, the update of
-    # the weights and metrics. The first update runs eagerly.
+    # tf.function traces a function twice when its first trace creates
+    # metric variables. One eager forward pass on one row builds the metrics
+    # first, so the loss and gradient are traced once. The first update of
+    # the weights and metrics runs eagerly, and the second step traces it.
     without_metrics = calls_of_first_fit(metrics=None)
     with_metrics = calls_of_first_fit(metrics=["mae"])
 
